@@ -1,0 +1,146 @@
+"""The only place lmscope registers torch hooks.
+
+A request is (site name, fn) where fn(activation, site) returns a replacement tensor of the same shape,
+or None to leave the activation as it is (readers such as the cache). Requests on sites that share a
+module hook (q, k and v of a fused projection; attn.out and resid_mid) share one torch hook, so the
+cost is one Python call per hooked module, not per site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+from torch import Tensor, nn
+
+from . import attention
+from .adapters import HookSpec
+
+SiteFn = Callable[[Tensor, str], "Tensor | None"]
+
+
+class StopForward(Exception):
+    """Raised by a hook to end the forward pass early (see Model.run_with_cache(stop_at=...))."""
+
+
+def _apply(site: str, spec: HookSpec, fns: list[SiteFn], x: Tensor) -> Tensor | None:
+    """Run fns on the canonical view of x; return the tensor to pass on, or None if nothing changed."""
+    canon = spec.read(x)
+    changed = False
+    for fn in fns:
+        new = fn(canon, site)
+        if new is not None:
+            if new.shape != canon.shape:
+                raise ValueError(
+                    f"an intervention on {site} returned shape {tuple(new.shape)}, expected {tuple(canon.shape)}"
+                )
+            canon, changed = new, True
+    return spec.write(x, canon) if changed else None
+
+
+def _run_group(group: list[tuple[str, HookSpec, list[SiteFn]]], x: Tensor) -> Tensor | None:
+    changed = None
+    for site, spec, fns in group:
+        new = _apply(site, spec, fns, x)
+        if new is not None:
+            x = changed = new
+    return changed
+
+
+def _first_input(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_first_input(args: tuple, kwargs: dict, x: Tensor):
+    if args:
+        return (x, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": x}
+
+
+def _with_first_output(output, x: Tensor):
+    return (x, *output[1:]) if isinstance(output, tuple) else x
+
+
+def _first_output(output) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _register(key, group, handles: list, pattern_modules: list) -> None:
+    module, where = key
+    if where == "in":
+
+        def pre_hook(mod, args, kwargs):
+            new = _run_group(group, _first_input(args, kwargs))
+            return None if new is None else _with_first_input(args, kwargs, new)
+
+        handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+    elif where == "out":
+
+        def hook(mod, args, output):
+            new = _run_group(group, _first_output(output))
+            return None if new is None else _with_first_output(output, new)
+
+        handles.append(module.register_forward_hook(hook))
+    elif where == "resid_mid":
+        # resid_mid = resid_pre + attn.out. resid_pre is taken at the first norm's input, which sees the block
+        # input after every block pre-hook (e.g. a resid_pre patch) has run.
+        stash: dict[str, Tensor] = {}
+        [(site, spec, fns)] = group
+
+        def save_resid_pre(mod, args, kwargs):
+            stash["resid_pre"] = _first_input(args, kwargs)
+
+        def mid_hook(mod, args, output):
+            resid_pre = stash.pop("resid_pre")
+            attn_out = _first_output(output)
+            new = _apply(site, spec, fns, resid_pre + attn_out)
+            return None if new is None else _with_first_output(output, new - resid_pre)
+
+        handles.append(spec.resid_pre_at.register_forward_pre_hook(save_resid_pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(mid_hook))
+    elif where == "pattern":
+        [(site, spec, fns)] = group
+
+        def pattern_hook(pattern: Tensor) -> Tensor:
+            new = _apply(site, spec, fns, pattern)
+            return pattern if new is None else new
+
+        attention.PATTERN_HOOKS.setdefault(module, []).append(pattern_hook)
+        pattern_modules.append((module, pattern_hook))
+    else:
+        raise ValueError(f"unknown hook location {where!r}")
+
+
+@contextmanager
+def hooked(hf: nn.Module, specs: dict[str, HookSpec], requests: list[tuple[str, SiteFn]]):
+    """Register hooks for `requests` (site names already resolved) on the HF model; remove them on exit.
+
+    `specs` must be in execution order; fns on one site run in request order.
+    """
+    per_site: dict[str, list[SiteFn]] = {}
+    for site, fn in requests:
+        per_site.setdefault(site, []).append(fn)
+    groups: dict[tuple, list] = {}
+    for site, spec in specs.items():  # execution order, so grouped sites apply in order
+        if site in per_site:
+            groups.setdefault((spec.module, spec.where), []).append((site, spec, per_site[site]))
+    handles: list = []
+    pattern_modules: list = []
+    config = hf.config
+    base_impl = config._attn_implementation
+    try:
+        for key, group in groups.items():
+            _register(key, group, handles, pattern_modules)
+        if pattern_modules and not base_impl.startswith("lmscope_"):
+            config._attn_implementation = attention.hooked_implementation(base_impl)
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, fn in pattern_modules:
+            hooks = attention.PATTERN_HOOKS.get(module, [])
+            if fn in hooks:
+                hooks.remove(fn)
+            if not hooks:
+                attention.PATTERN_HOOKS.pop(module, None)
+        config._attn_implementation = base_impl
