@@ -73,7 +73,7 @@ def test_layer_sites_recomputed_from_weights(tiny, tokens):
         torch.testing.assert_close(cache["blocks.0.resid_pre"], w.W_E[tokens] + w.W_pos[: tokens.shape[1]])
     n_rep = c.n_heads // c.n_kv_heads
     for layer in range(c.n_layers):
-        site = lambda s: cache[f"blocks.{layer}.{s}"]  # noqa: E731
+        site = lambda s, layer=layer: cache[f"blocks.{layer}.{s}"]  # noqa: E731
         x1 = norm(tiny, site("resid_pre"), "ln1", layer)
         # q/k/v (pre-rotary) from W_Q/W_K/W_V: checks the weight views' orientation too
         q = torch.einsum("bpd,hde->bphe", x1, w.W_Q(layer)) + _bias(w.b_Q(layer))

@@ -35,6 +35,10 @@ def _apply(site: str, spec: HookSpec, fns: list[SiteFn], x: Tensor) -> Tensor | 
                     f"an intervention on {site} returned shape {tuple(new.shape)}, expected {tuple(canon.shape)}"
                 )
             canon, changed = new, True
+    if (
+        changed and not canon.is_contiguous()
+    ):  # HF code calls .view() on what we pass on (e.g. an expanded mean)
+        canon = canon.contiguous()
     return spec.write(x, canon) if changed else None
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .sites import layout
+from .sites import SiteError, layout
 
 Index = Sequence[int] | Tensor | int | None
 
@@ -83,6 +83,10 @@ def _site_tensor(source, site: str) -> Tensor:
     if isinstance(source, Tensor):
         return source
     if isinstance(source, Mapping):
+        if site not in source:
+            raise SiteError(
+                f"the patch source has no {site!r}; record it with run_with_cache(..., sites=[{site!r}])"
+            )
         return source[site]
     raise TypeError(
         f"source must be an ActivationCache, a dict site -> tensor, or a tensor; got {type(source)}"
@@ -104,9 +108,10 @@ def _match(src: Tensor, act: Tensor, site: str) -> Tensor:
 @dataclass
 class Intervention:
     site: str
-    heads: Index = None
-    positions: Index = None
-    neurons: Index = None
+    # keyword-only, so each intervention's own arguments follow the site: Ablate(site, "mean"), Patch(site, cache)
+    heads: Index = field(default=None, kw_only=True)
+    positions: Index = field(default=None, kw_only=True)
+    neurons: Index = field(default=None, kw_only=True)
 
     def replacement(self, act: Tensor, site: str) -> Tensor:
         raise NotImplementedError
