@@ -3,7 +3,7 @@
 from .cache import ActivationCache
 from .config import ModelConfig
 from .interventions import Ablate, AddDirection, Hook, Intervention, Patch, ProjectOut, SubspacePatch
-from .load import bundled_gguf, cache_root, load
+from .loading import bundled_gguf, cache_root, load
 from .model import Model
 from .sites import SiteError
 from .weights import Weights

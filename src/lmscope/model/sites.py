@@ -81,7 +81,7 @@ def site_names(cfg: ModelConfig) -> list[str]:
 def split_site(name: str) -> tuple[int | None, str]:
     """'blocks.3.attn.z' -> (3, 'attn.z'); 'embed' -> (None, 'embed')."""
     match = _LAYER_NAME.match(name)
-    if match:
+    if match and match.group(1).isdigit():
         return int(match.group(1)), match.group(2)
     return None, name
 
@@ -130,13 +130,15 @@ def resolve(patterns: str | Iterable[str], valid: list[str]) -> list[str]:
 
 def _suggest(name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(name.replace("*", "0"), valid, n=5, cutoff=0.5)
+    hints = []
     layer, suffix = split_site(name)
-    if layer is not None and not close:
-        n_layers = 1 + max(split_site(v)[0] or 0 for v in valid)
-        if suffix in LAYER_SITES and not 0 <= layer < n_layers:
-            return f"This model has layers 0..{n_layers - 1}."
-    hint = f"Closest valid names: {', '.join(close)}." if close else ""
-    return f"{hint} `lmscope sites` (or model.sites) lists them all.".strip()
+    n_layers = 1 + max(split_site(v)[0] or 0 for v in valid)
+    if layer is not None and suffix in LAYER_SITES and not 0 <= layer < n_layers:
+        hints.append(f"This model has layers 0..{n_layers - 1}.")
+    if close:
+        hints.append(f"Closest valid names: {', '.join(close)}.")
+    hints.append("`lmscope sites` (or model.sites) lists them all.")
+    return " ".join(hints)
 
 
 def site_shape(cfg: ModelConfig, name: str) -> str:
