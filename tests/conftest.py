@@ -90,3 +90,15 @@ def tiny_llama() -> ls.Model:
 @pytest.fixture
 def tokens() -> torch.Tensor:
     return torch.randint(2, VOCAB, (3, 9), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory):
+    """A fresh cache folder: the first load converts the bundled GGUF into it (the first-run path)."""
+    return tmp_path_factory.mktemp("lmscope-cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_cache) -> ls.Model:
+    """The bundled SmolLM2-135M-Instruct, converted once per test session into a temporary cache."""
+    return ls.load(cache_dir=smollm2_cache)

@@ -7,17 +7,11 @@ import time
 
 import torch
 
+from .data.tasks import single_token_id as single_token
 from .model import Model, load
 from .model.sites import split_site
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
-
-
-def single_token(model: Model, text: str) -> int:
-    ids = model.to_tokens(text, prepend_bos=False)[0]
-    if len(ids) != 1:
-        raise ValueError(f"{text!r} is {len(ids)} tokens for this tokenizer; expected one")
-    return int(ids[0])
 
 
 def top_predictions(model: Model, logits: torch.Tensor, k: int) -> list[tuple[str, float]]:

@@ -19,14 +19,14 @@ pytestmark = pytest.mark.integration
 LMSCOPE = Path(sys.executable).parent / "lmscope"
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("lmscope-cache")
+@pytest.fixture
+def cache_dir(smollm2_cache) -> Path:
+    return smollm2_cache
 
 
-@pytest.fixture(scope="module")
-def model(cache_dir) -> ls.Model:
-    return ls.load(cache_dir=cache_dir)
+@pytest.fixture
+def model(smollm2) -> ls.Model:
+    return smollm2
 
 
 def test_first_load_converts_once_into_the_cache(model, cache_dir, monkeypatch):
