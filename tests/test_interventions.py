@@ -260,3 +260,24 @@ def test_bad_interventions_get_clear_errors(tiny_llama, tokens):
         tiny_llama(tokens, interventions=["blocks.0.mlp.post"])
     with pytest.raises(ls.SiteError, match="blocks.0.resid_post"):
         tiny_llama(tokens, interventions=[ls.Ablate("blocks.0.resid_postt")])
+
+
+@torch.no_grad()
+def test_start_from_a_cached_residual_gives_the_same_result(tiny, tokens):
+    ref, cache = tiny.run_with_cache(tokens, sites=["blocks.*.resid_pre"])
+    for layer in range(tiny.cfg.n_layers):
+        logits, later = tiny.run_with_cache(
+            tokens, sites=["blocks.*.resid_post"], start_from=(layer, cache[f"blocks.{layer}.resid_pre"])
+        )
+        torch.testing.assert_close(logits, ref, atol=1e-6, rtol=0)
+        assert later.layers("resid_post") == list(range(layer, tiny.cfg.n_layers))
+    blocks = tiny.parts.blocks
+    assert all(b is p.block for b, p in zip(blocks, tiny.parts.layers))  # blocks restored
+    # a patch at a later layer composes with the shortcut
+    _, cb = tiny.run_with_cache(tokens.flip(0), sites=["blocks.2.attn.z"])
+    patch = ls.Patch("blocks.2.attn.z", source=cb, heads=[1])
+    full = tiny(tokens, interventions=[patch])
+    fast, _ = tiny.run_with_cache(
+        tokens, sites=[], interventions=[patch], start_from=(2, cache["blocks.2.resid_pre"])
+    )
+    torch.testing.assert_close(fast, full, atol=1e-6, rtol=0)

@@ -81,11 +81,15 @@ class Model:
         interventions=(),
         keep_graph: bool = False,
         stop_at: str | None = None,
+        start_from: tuple[int, Tensor] | None = None,
     ) -> tuple[Tensor | None, ActivationCache]:
         """Run and record `sites` (names or globs; None = every site). Returns (logits, cache).
 
         Cached values are what flowed on, i.e. after any intervention on the same site. They are detached
         unless keep_graph=True. With stop_at=SITE the forward ends right after that site and logits is None.
+        start_from=(layer, resid_pre) skips blocks before `layer` and feeds resid_pre [batch, pos, d_model]
+        (e.g. cached from an earlier run of the same inputs) into it: the same result, less compute.
+        Sites before that layer are then not computed.
         """
         names = self.sites if sites is None else self.resolve_sites(sites) if sites else []
         store: dict[str, Tensor] = {}
@@ -94,12 +98,19 @@ class Model:
             store[site] = act if keep_graph else act.detach()
 
         requests = self._requests(interventions) + [(name, save) for name in names]
+        skipped = 0
+        if start_from is not None:
+            skipped, resid_pre = start_from
+            if not 0 <= skipped < self.cfg.n_layers:
+                raise ValueError(f"start_from layer {skipped} out of range 0..{self.cfg.n_layers - 1}")
+            feed = (f"blocks.{skipped}.resid_pre", lambda act, site: _match_feed(resid_pre, act))
+            requests.insert(0, feed)
         if stop_at is not None:
             [stop_site] = self.resolve_sites([stop_at])
             requests.append((stop_site, _stop))
         ids, mask, position_ids = self._prepare(inputs, attention_mask)
         logits = None
-        with hooked(self.hf, self._specs, requests):
+        with hooked(self.hf, self._specs, requests), _skipping(self.parts.blocks, skipped):
             try:
                 logits = self.hf(
                     input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False
@@ -252,6 +263,34 @@ class Model:
 
 def _stop(act: Tensor, site: str) -> None:
     raise StopForward(site)
+
+
+def _match_feed(resid_pre: Tensor, act: Tensor) -> Tensor:
+    if resid_pre.shape != act.shape:
+        raise ValueError(
+            f"start_from resid_pre is {tuple(resid_pre.shape)}, the run needs {tuple(act.shape)}"
+        )
+    return resid_pre.to(act.dtype)
+
+
+class _Skip(torch.nn.Module):
+    """Stands in for a skipped block: passes the residual through untouched, at no cost."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextmanager
+def _skipping(blocks: torch.nn.ModuleList, n: int):
+    """Temporarily replace blocks[:n] so the HF forward loop runs only the later blocks."""
+    originals = [blocks[i] for i in range(n)]
+    try:
+        for i in range(n):
+            blocks[i] = _Skip()
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
 
 
 __all__ = ["Model", "SiteError"]

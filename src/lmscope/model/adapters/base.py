@@ -60,6 +60,7 @@ class LayerParts:
 
 @dataclass
 class ModelParts:
+    blocks: nn.ModuleList  # the container the HF forward loops over (lets lmscope skip early blocks)
     embed: nn.Embedding
     final_norm: nn.Module
     unembed: nn.Module

@@ -41,7 +41,12 @@ def parts(hf) -> ModelParts:
     ]
     t = hf.transformer
     return ModelParts(
-        embed=t.wte, pos_embed=t.wpe, final_norm=t.ln_f, unembed=hf.get_output_embeddings(), layers=layers
+        blocks=hf.transformer.h,
+        embed=t.wte,
+        pos_embed=t.wpe,
+        final_norm=t.ln_f,
+        unembed=hf.get_output_embeddings(),
+        layers=layers,
     )
 
 

@@ -46,6 +46,7 @@ def parts(hf) -> ModelParts:
         for block in hf.model.layers
     ]
     return ModelParts(
+        blocks=hf.model.layers,
         embed=hf.model.embed_tokens,
         final_norm=hf.model.norm,
         unembed=hf.get_output_embeddings(),

@@ -49,7 +49,11 @@ def parts(hf) -> ModelParts:
     ]
     g = hf.gpt_neox
     return ModelParts(
-        embed=g.embed_in, final_norm=g.final_layer_norm, unembed=hf.get_output_embeddings(), layers=layers
+        blocks=hf.gpt_neox.layers,
+        embed=g.embed_in,
+        final_norm=g.final_layer_norm,
+        unembed=hf.get_output_embeddings(),
+        layers=layers,
     )
 
 
