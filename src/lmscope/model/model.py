@@ -82,6 +82,7 @@ class Model:
         keep_graph: bool = False,
         stop_at: str | None = None,
         start_from: tuple[int, Tensor] | None = None,
+        logits_to_keep: int = 0,
     ) -> tuple[Tensor | None, ActivationCache]:
         """Run and record `sites` (names or globs; None = every site). Returns (logits, cache).
 
@@ -89,7 +90,8 @@ class Model:
         unless keep_graph=True. With stop_at=SITE the forward ends right after that site and logits is None.
         start_from=(layer, resid_pre) skips blocks before `layer` and feeds resid_pre [batch, pos, d_model]
         (e.g. cached from an earlier run of the same inputs) into it: the same result, less compute.
-        Sites before that layer are then not computed.
+        Sites before that layer are then not computed. logits_to_keep=k > 0 computes logits for the last k
+        positions only (HF's option; saves memory when only the next token matters).
         """
         names = self.sites if sites is None else self.resolve_sites(sites) if sites else []
         store: dict[str, Tensor] = {}

@@ -1,0 +1,1 @@
+"""Causal methods: activation patching sweeps, attribution patching, path patching, head inspection."""
