@@ -44,7 +44,7 @@ def _check_head(model, layer: int, kind: str, head: int, spec: str) -> None:
 def _frozen_run(model, task, sender_sets, orig_z, new_z, record: list[str]):
     """One batched forward: replica k runs the clean prompts with sender_sets[k] from the corrupt run and
     every other head frozen at its clean value. Returns (last logits [k*n, V], {site: [k*n, ...]})."""
-    k, n = len(sender_sets), len(task)
+    k = len(sender_sets)
     interventions = []
     for layer in range(model.cfg.n_layers):
         site = f"blocks.{layer}.attn.z"
@@ -131,7 +131,7 @@ def path_patch(
     record = (
         []
         if receiver_heads is None
-        else list(dict.fromkeys(f"blocks.{l}.attn.{k}" for l, k, _ in receiver_heads))
+        else list(dict.fromkeys(f"blocks.{layer}.attn.{kind}" for layer, kind, _ in receiver_heads))
     )
     raw = torch.empty(len(sender_sets), n)
     for start in tqdm(
