@@ -26,7 +26,9 @@ def main() -> None:
     args = parser.parse_args()
 
     model = ls.load(args.model)
-    tokens = torch.randint(100, model.cfg.d_vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(
+        100, model.cfg.d_vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)
+    )
     resid_sites = ["blocks.*.resid_pre", "blocks.*.resid_mid", "blocks.*.resid_post"]
     cache_bytes: dict[str, int] = {}
 
@@ -54,10 +56,14 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
 
     base = statistics.median(times["plain HF forward"])
-    n_sites = {"run_with_cache, resid sites": len(model.resolve_sites(resid_sites)),
-               "run_with_cache, every site": len(model.sites)}
-    print(f"{model.cfg.name}: batch {args.batch} x {args.seq} tokens, median of {args.repeats}, "
-          f"{torch.get_num_threads()} threads")
+    n_sites = {
+        "run_with_cache, resid sites": len(model.resolve_sites(resid_sites)),
+        "run_with_cache, every site": len(model.sites),
+    }
+    print(
+        f"{model.cfg.name}: batch {args.batch} x {args.seq} tokens, median of {args.repeats}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"{'variant':34s} {'sites':>6s} {'median s':>9s} {'ratio':>7s} {'cache MiB':>10s}")
     for name, ts in times.items():
         median = statistics.median(ts)

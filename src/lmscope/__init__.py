@@ -1,5 +1,11 @@
 """lmscope: a workbench for mechanistic interpretability of Hugging Face causal language models."""
 
+from .causal.attribution import attribution_patch
+from .causal.heads import direct_logit_attribution
+from .causal.path import path_patch
+from .causal.sweep import patch_sweep
+from .data import tasks
+from .data.tasks import ContrastTask
 from .model import (
     Ablate,
     ActivationCache,
@@ -19,6 +25,12 @@ from .model import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ContrastTask",
+    "attribution_patch",
+    "direct_logit_attribution",
+    "path_patch",
+    "patch_sweep",
+    "tasks",
     "Ablate",
     "ActivationCache",
     "AddDirection",

@@ -57,6 +57,21 @@ def _cmd_tour(args) -> None:
     run_tour(args.model, top_k=args.top_k)
 
 
+def _cmd_ioi(args) -> None:
+    from .causal.ioi_report import write_ioi_report
+    from .model import load
+
+    if args.n < 2:
+        raise ValueError("--n must be at least 2 prompt pairs")
+    model = load(args.model)
+    report, path = write_ioi_report(model, args.out, n=args.n, n_eval=args.n_eval, seed=args.seed)
+    for row in report.roles:
+        print(f"  {row['role']:20s} head {row['head']}")
+    agreement = report.atp_agreement["attn.z per head"]["spearman"]
+    print(f"attribution vs exact (heads): Spearman {agreement:.2f}")
+    print(f"wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmscope", description="Mechanistic interpretability workbench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
     p.add_argument("--top-k", type=int, default=5)
     p.set_defaults(fn=_cmd_run)
+    p = sub.add_parser(
+        "ioi", help="IOI circuit analysis: patching, attribution, path patching -> ioi_report.html"
+    )
+    _model_arg(p)
+    p.add_argument("--n", type=int, default=20, help="prompt pairs for the patching sweeps (default 20)")
+    p.add_argument("--n-eval", type=int, default=100, help="prompt pairs for accuracy (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="ioi_report.html")
+    p.set_defaults(fn=_cmd_ioi)
     p = sub.add_parser("tour", help="the guided tour on the bundled model")
     _model_arg(p)
     p.add_argument("--top-k", type=int, default=5)

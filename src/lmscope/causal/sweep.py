@@ -4,8 +4,11 @@ Two ways to compute the same numbers:
 - method="naive": one patched forward per index, over the whole batch (what TransformerLens's `patching`
   module does); kept as the reference the tests and the benchmark compare against.
 - method="fast": many indices at once. Each index gets its own copy of the base batch inside one large
-  forward (replica k carries patch k), and the forward starts at the earliest patched layer from the base
-  run's cached residual instead of recomputing the layers before it. Exact: the same computation per replica.
+  forward (replica k carries patch k). Patches are grouped by layer, and a forward starts at its earliest
+  patched layer from the base run's cached residual instead of recomputing the layers before it. Positions
+  before the first one its patches change are not recomputed either: the base run's keys/values stand in
+  for them. A patch that changes nothing (the source equals the base activation wherever it selects) is
+  the base run itself and needs no forward. Exact: the same computation per replica.
 
 Modes (what is patched into what):
     denoise   clean activations into the corrupt run       noise   corrupt activations into the clean run
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from ..model.interventions import Patch, selection_mask
 from ..model.sites import layout, split_site
@@ -110,20 +114,33 @@ def plan_sweep(model, site: str, per: str, n_pos: int, neurons=None, pos_labels=
     return SweepPlan(indices, axes, {a: labels[a] for a in axes})
 
 
+@dataclass
+class _BaseRun:
+    """The run every patch goes into, recorded once."""
+
+    inputs: dict
+    acts: dict[str, Tensor]  # the swept sites [n, ...] and every blocks.{i}.resid_pre [n, pos, d_model]
+    kv: DynamicCache  # every layer's keys/values [n, kv_heads, pos, d_head]
+    last: Tensor  # logits at the prediction position [n, d_vocab]
+
+
 def _sources(model, task, sites: list[str], mode: str, seed: int):
-    """-> (base inputs, source activations {site: [n, ...]}, base resid_pre {layer: [n, pos, d]}, baselines)."""
+    """-> (base run, source activations {site: [n, ...]}, clean and corrupt last-position logits [n, V])."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose one of {', '.join(MODES)}")
     resid = [f"blocks.{i}.resid_pre" for i in range(model.cfg.n_layers)]
-    with torch.no_grad():
-        clean_logits, clean = model.run_with_cache(
-            task.inputs("clean"), sites=sites + resid, logits_to_keep=1
-        )
-        corrupt_logits, corrupt = model.run_with_cache(
-            task.inputs("corrupt"), sites=sites + resid, logits_to_keep=1
-        )
     base_name = "corrupt" if mode == "denoise" else "clean"
-    base_cache = corrupt if mode == "denoise" else clean
+    kv = DynamicCache()
+    runs = {}
+    with torch.no_grad():
+        for name in ("clean", "corrupt"):
+            runs[name] = model.run_with_cache(
+                task.inputs(name),
+                sites=sites + resid,
+                logits_to_keep=1,
+                past_key_values=kv if name == base_name else None,
+            )
+    (clean_logits, clean), (corrupt_logits, corrupt) = runs["clean"], runs["corrupt"]
     if mode == "denoise":
         source = {s: clean[s] for s in sites}
     elif mode == "noise":
@@ -135,8 +152,9 @@ def _sources(model, task, sites: list[str], mode: str, seed: int):
     else:
         order = torch.randperm(len(task), generator=torch.Generator().manual_seed(seed))
         source = {s: clean[s][order] for s in sites}
-    base_resid = {i: base_cache[f"blocks.{i}.resid_pre"] for i in range(model.cfg.n_layers)}
-    return task.inputs(base_name), source, base_resid, clean_logits[:, -1], corrupt_logits[:, -1]
+    base_logits, base_cache = runs[base_name]
+    base = _BaseRun(task.inputs(base_name), dict(base_cache.items()), kv, base_logits[:, -1])
+    return base, source, clean_logits[:, -1], corrupt_logits[:, -1]
 
 
 def _metric_fn(metric, task, clean_last: Tensor):
@@ -158,44 +176,119 @@ def _naive(model, plan, base_inputs, source, metric_fn, n, progress) -> Tensor:
     return out
 
 
-def _replica_patch(group: list[PatchIndex], site: str, src: Tensor):
-    """One hook for all replicas of a chunk patched at `site`: replica k takes src where its selection says."""
+def _first_changes(plan: SweepPlan, source, base_acts, n_pos: int) -> list[int]:
+    """Per patch, the first position where it changes the base run; n_pos where it changes nothing.
+
+    Nothing before a patch's site changes, so the patch changes exactly the selected elements where the
+    source differs from the base activation, and by causality no position before the first of them.
+    Sites without a position axis (attn.pattern) count as changing from position 0.
+    """
+    differs = {s: (source[s] != base_acts[s]).any(0, keepdim=True) for s in source}  # [1, ...]
+    firsts = []
+    for idx in plan.indices:
+        diff = differs[idx.site]
+        sel = selection_mask(diff.shape, idx.site, idx.heads, idx.positions, idx.neurons, diff.device)
+        changed = diff if sel is None else diff & sel
+        if "p" in layout(idx.site).split():  # canonical layouts put the position axis second
+            at = changed.transpose(0, 1).flatten(1).any(1).nonzero()
+            firsts.append(int(at[0]) if len(at) else n_pos)
+        else:
+            firsts.append(0 if changed.any() else n_pos)
+    return firsts
+
+
+# Measured on CPU (SmolLM2-135M, 2 threads): a forward costs about 45 tokens' worth on top of its tokens,
+# so from ~250 tokens on it runs within ~15% of the per-token speed of much larger ones. Larger chunks
+# would start more replicas at layers before their own. (A GPU needs far larger forwards to be busy.)
+EFFICIENT_TOKENS_CPU = 256
+
+
+def _chunks(order: list[int], firsts: list[int], n: int, n_pos: int, target: int, max_tokens: int):
+    """Split patches (ordered by layer, then first changed position) into forwards of about `target`
+    tokens, never more than max_tokens. A forward runs all its replicas from its earliest layer and
+    position, so smaller chunks recompute less; larger ones run faster per token. -> [[patch index]]"""
+    target = min(target, max_tokens)
+    chunks, chunk, p0 = [], [], n_pos
+    for j in order:
+        if chunk and (len(chunk) + 1) * n * (n_pos - min(p0, firsts[j])) > max_tokens:
+            chunks.append(chunk)
+            chunk, p0 = [], n_pos
+        chunk.append(j)
+        p0 = min(p0, firsts[j])
+        if len(chunk) * n * (n_pos - p0) >= target:
+            chunks.append(chunk)
+            chunk, p0 = [], n_pos
+    return chunks + [chunk] if chunk else chunks
+
+
+def _replica_patch(group: list[PatchIndex], site: str, src: Tensor, p0: int):
+    """One hook for all replicas of a chunk patched at `site`: replica k takes src where its selection says.
+    With p0 > 0 the run covers positions p0.. only, so masks and source are cut to those."""
     n = src.shape[0]
     masks = torch.zeros(len(group), *src.shape, dtype=torch.bool, device=src.device)
     for k, idx in enumerate(group):
         if idx.site == site:
             sel = selection_mask(src.shape, site, idx.heads, idx.positions, idx.neurons, src.device)
             masks[k] = True if sel is None else sel
-    masks = masks.view(len(group) * n, *src.shape[1:])
+    masks, src = masks[:, :, p0:], src[:, p0:]  # [k, n, pos - p0, ...]
+    masks = masks.reshape(len(group) * n, *src.shape[1:])
     src_rep = src.repeat(len(group), *([1] * (src.dim() - 1)))
     return site, lambda act, _site: torch.where(masks, src_rep, act)
 
 
-def _fast(model, plan, base_inputs, source, base_resid, metric_fn, n, chunk_tokens, progress) -> Tensor:
-    ids = base_inputs["input_ids"]
-    mask = base_inputs.get("attention_mask")
-    per_chunk = max(1, chunk_tokens // ids.numel())
-    out = torch.empty(len(plan.indices), n)
-    starts = range(0, len(plan.indices), per_chunk)
-    for start in tqdm(starts, desc="patching (fast)", disable=not progress or len(starts) < 2):
-        group = plan.indices[start : start + per_chunk]
-        k = len(group)
-        inputs = {"input_ids": ids.repeat(k, 1)}
-        if mask is not None:
-            inputs["attention_mask"] = mask.repeat(k, 1)
-        layers = [idx.layer for idx in group]
-        start_from = None
-        if None not in layers:  # all per-layer sites: skip the blocks before the earliest one
-            first = min(layers)
-            start_from = (first, base_resid[first].repeat(k, 1, 1))
-        hooks = [
-            _replica_patch(group, site, source[site]) for site in dict.fromkeys(idx.site for idx in group)
+def _prefix_kv(kv: DynamicCache, p0: int, k: int) -> DynamicCache:
+    """The base run's keys/values for positions < p0, once per replica (replica-major, like the inputs)."""
+    return DynamicCache(
+        [
+            (layer.keys[:, :, :p0].repeat(k, 1, 1, 1), layer.values[:, :, :p0].repeat(k, 1, 1, 1))
+            for layer in kv.layers
         ]
-        with torch.no_grad():
-            logits, _ = model.run_with_cache(
-                inputs, sites=[], interventions=hooks, start_from=start_from, logits_to_keep=1
-            )
-        out[start : start + k] = metric_fn(logits[:, -1], torch.arange(n).repeat(k)).view(k, n)
+    )
+
+
+def _run_chunk(model, group: list[PatchIndex], p0: int, base: _BaseRun, source) -> Tensor:
+    """Replica k of the base batch carries patch group[k]; -> last-position logits [k * n, V].
+
+    The replicas start at the earliest patched layer from the base run's resid_pre (the blocks before
+    it would compute the same), and at position p0 with the base run's keys/values for the positions
+    before it, which no patch of the chunk changes.
+    """
+    k = len(group)
+    inputs = {name: t.repeat(k, 1) for name, t in base.inputs.items()}  # all positions: the cache covers < p0
+    layers = [idx.layer for idx in group]
+    start_from = None
+    if None not in layers:  # all per-layer sites: skip the blocks before the earliest one
+        first = min(layers)
+        start_from = (first, base.acts[f"blocks.{first}.resid_pre"][:, p0:].repeat(k, 1, 1))
+    hooks = [
+        _replica_patch(group, site, source[site], p0) for site in dict.fromkeys(idx.site for idx in group)
+    ]
+    with torch.no_grad():
+        logits, _ = model.run_with_cache(
+            inputs,
+            sites=[],
+            interventions=hooks,
+            start_from=start_from,
+            logits_to_keep=1,
+            past_key_values=_prefix_kv(base.kv, p0, k) if p0 else None,
+        )
+    return logits[:, -1]
+
+
+def _fast(model, plan, base: _BaseRun, source, metric_fn, n, chunk_tokens, progress) -> Tensor:
+    n_pos = base.inputs["input_ids"].shape[1]
+    firsts = _first_changes(plan, source, base.acts, n_pos)
+    out = torch.empty(len(plan.indices), n)
+    noop = [j for j, first in enumerate(firsts) if first == n_pos]
+    out[noop] = metric_fn(base.last, torch.arange(n))  # a patch that changes nothing gives the base run
+    todo = [j for j, first in enumerate(firsts) if first < n_pos]
+    todo.sort(key=lambda j: (plan.indices[j].layer or 0, firsts[j]))
+    target = EFFICIENT_TOKENS_CPU if model.device.type == "cpu" else chunk_tokens
+    chunks = _chunks(todo, firsts, n, n_pos, target, chunk_tokens)
+    for chunk in tqdm(chunks, desc="patching (fast)", disable=not progress or len(chunks) < 2):
+        group = [plan.indices[j] for j in chunk]
+        logits = _run_chunk(model, group, min(firsts[j] for j in chunk), base, source)
+        out[chunk] = metric_fn(logits, torch.arange(n).repeat(len(chunk))).view(len(chunk), n)
     return out
 
 
@@ -216,6 +309,7 @@ def patch_sweep(
 
     per: "layer" (whole site), "position", "head" (all positions), "head_position", "neuron".
     metric: "logit_diff" (default), "prob", "kl" (to the clean run), or f(logits, task) -> [n].
+    chunk_tokens: the most tokens (replicas x examples x positions run) in one forward of method="fast".
     """
     if method not in ("fast", "naive"):
         raise ValueError(f"method={method!r}: 'fast' or 'naive'")
@@ -225,14 +319,14 @@ def patch_sweep(
         pos_labels = [f"{p}:{t}" for p, t in enumerate(model.to_str_tokens(task.clean[0]))]
     plan = plan_sweep(model, site, per, n_pos, neurons, pos_labels)
     sites = list(dict.fromkeys(idx.site for idx in plan.indices))
-    base_inputs, source, base_resid, clean_last, corrupt_last = _sources(model, task, sites, mode, seed)
+    base, source, clean_last, corrupt_last = _sources(model, task, sites, mode, seed)
     metric_fn = _metric_fn(metric, task, clean_last)
     every = torch.arange(n)
     clean_m, corrupt_m = metric_fn(clean_last, every), metric_fn(corrupt_last, every)
     if method == "naive":
-        raw = _naive(model, plan, base_inputs, source, metric_fn, n, progress)
+        raw = _naive(model, plan, base.inputs, source, metric_fn, n, progress)
     else:
-        raw = _fast(model, plan, base_inputs, source, base_resid, metric_fn, n, chunk_tokens, progress)
+        raw = _fast(model, plan, base, source, metric_fn, n, chunk_tokens, progress)
     grid = torch.full((*plan.shape, n), float("nan"))
     for j, idx in enumerate(plan.indices):
         grid[idx.key] = raw[j]

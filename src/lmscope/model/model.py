@@ -83,6 +83,7 @@ class Model:
         stop_at: str | None = None,
         start_from: tuple[int, Tensor] | None = None,
         logits_to_keep: int = 0,
+        past_key_values=None,
     ) -> tuple[Tensor | None, ActivationCache]:
         """Run and record `sites` (names or globs; None = every site). Returns (logits, cache).
 
@@ -92,6 +93,10 @@ class Model:
         (e.g. cached from an earlier run of the same inputs) into it: the same result, less compute.
         Sites before that layer are then not computed. logits_to_keep=k > 0 computes logits for the last k
         positions only (HF's option; saves memory when only the next token matters).
+        past_key_values: a transformers Cache holding the keys/values of the first P positions of these same
+        inputs (P = its length; e.g. from an earlier run, cropped). Only positions P.. are computed: logits,
+        recorded sites and a start_from resid_pre cover those; positions continue from P and the mask covers
+        all. The cache is extended in place, so an empty DynamicCache records this run's keys/values.
         """
         names = self.sites if sites is None else self.resolve_sites(sites) if sites else []
         store: dict[str, Tensor] = {}
@@ -111,11 +116,24 @@ class Model:
             [stop_site] = self.resolve_sites([stop_at])
             requests.append((stop_site, _stop))
         ids, mask, position_ids = self._prepare(inputs, attention_mask)
+        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        if past:  # the cache stands for positions < past: run the rest, attending to all (mask stays whole)
+            if not past < ids.shape[1]:
+                raise ValueError(
+                    f"past_key_values holds {past} positions; the inputs have only {ids.shape[1]}"
+                )
+            ids = ids[:, past:]
+            position_ids = None if position_ids is None else position_ids[:, past:]
         logits = None
         with hooked(self.hf, self._specs, requests), _skipping(self.parts.blocks, skipped):
             try:
                 logits = self.hf(
-                    input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=position_ids,
+                    past_key_values=past_key_values,
+                    use_cache=past_key_values is not None,
+                    logits_to_keep=logits_to_keep,
                 ).logits
             except StopForward:
                 pass
