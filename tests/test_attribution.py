@@ -46,3 +46,41 @@ def test_rank_correlation_matches_hand_values():
     assert rank_correlation(a, a**3 * 10) == pytest.approx(1.0)
     assert rank_correlation(a, -a) == pytest.approx(-1.0)
     assert rank_correlation(a, torch.tensor([1.0, 3.0, 2.0, 4.0])) == pytest.approx(0.8)  # 1 - 6*2/(4*15)
+
+
+def test_atp_star_qk_fix_equals_its_hand_computation(tiny):
+    """For a query/key head, AtP* = sum (pattern with that head patched - pattern) * d metric / d pattern,
+    the patched pattern computed by a full patched forward and the gradient by autograd."""
+    import lmscope as ls
+    from lmscope.causal import metrics as M
+
+    task = toy_task(tiny, n=3)
+    layer = 1
+    fixed = attribution_patch(tiny, task, ["blocks.*.attn.q", "blocks.*.attn.k"])
+    plain = attribution_patch(tiny, task, ["blocks.*.attn.q"], qk_fix=False)["attn.q"]
+    assert fixed["attn.q"].meta["qk_fix"] and not plain.meta["qk_fix"]
+    site_p = f"blocks.{layer}.attn.pattern"
+    _, clean = tiny.run_with_cache(task.clean, sites=[f"blocks.{layer}.attn.q", f"blocks.{layer}.attn.k"])
+    _, base = tiny.run_with_cache(task.corrupt, sites=[site_p])
+    held = {}
+
+    def track(act, s):
+        held["p"] = act.clone()
+        return held["p"]
+
+    with torch.enable_grad():
+        logits = tiny(task.corrupt, interventions=[ls.Hook(site_p, fn=track)])
+        (grad,) = torch.autograd.grad(M.logit_diff(logits, task).sum(), [held["p"]])
+    n_rep = tiny.cfg.n_heads // tiny.cfg.n_kv_heads
+    for kind, head in (("q", 2), ("k", 1)):
+        site = f"blocks.{layer}.attn.{kind}"
+        _, patched = tiny.run_with_cache(
+            task.corrupt, sites=[site_p], interventions=[ls.Patch(site, source=clean, heads=[head])]
+        )
+        delta = ((patched[site_p] - base[site_p]) * grad).sum((-1, -2))  # [n, query heads]
+        touched = [head] if kind == "q" else list(range(head * n_rep, (head + 1) * n_rep))
+        expected = delta[:, touched].sum(-1)
+        # per_example holds the corrupt metric + the estimate, per example
+        corrupt_m = M.logit_diff(tiny(task.corrupt), task)
+        got = fixed[f"attn.{kind}"].per_example[layer, head] - corrupt_m
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

@@ -69,20 +69,77 @@ def _run_with_grads(model, inputs, sites: list[str], task, metric):
     return values.detach(), {s: acts[s].detach() for s in sites}, grads
 
 
+def _qk_pattern_after_patch(model, task, site: str, clean: Tensor, resid_pre: Tensor) -> Tensor:
+    """The corrupt run's attention pattern at the site's layer when one head of `site` (attn.q or attn.k)
+    takes its clean value, for every head at once: -> [heads of site, n, n_heads, query, key].
+    Exact: replica r patches head r; the forward starts at that layer and stops at its pattern."""
+    layer, suffix = split_site(site)
+    n_site_heads = clean.shape[2]
+    n = clean.shape[0]
+    inputs = {k: v.repeat(n_site_heads, 1) for k, v in task.inputs("corrupt").items()}
+    head_mask = torch.eye(n_site_heads, dtype=torch.bool).repeat_interleave(n, 0)[
+        :, None, :, None
+    ]  # [r*n,1,H,1]
+    clean_rep = clean.repeat(n_site_heads, 1, 1, 1)
+    hook = Hook(site, fn=lambda act, _s: torch.where(head_mask, clean_rep, act))
+    pattern_site = f"blocks.{layer}.attn.pattern"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(
+            inputs,
+            sites=[pattern_site],
+            interventions=[hook],
+            start_from=(layer, resid_pre.repeat(n_site_heads, 1, 1)),
+            stop_at=pattern_site,
+        )
+    pattern = cache[pattern_site]
+    return pattern.view(n_site_heads, n, *pattern.shape[1:])
+
+
+def _qk_fixed_estimate(model, task, site, clean, pattern, grad_pattern, resid_pre) -> Tensor:
+    """AtP* (Kramár et al. 2024) for query/key heads: a query or key reaches the output only through the
+    softmax, whose saturation breaks the linear estimate. So recompute the pattern exactly and linearise
+    from there: sum over (query, key) of (pattern_patched - pattern) * dm/dpattern. -> [n, heads of site]."""
+    new = _qk_pattern_after_patch(model, task, site, clean, resid_pre)  # [R, n, H, q, k]
+    per_query_head = ((new - pattern[None]) * grad_pattern[None]).sum((-1, -2))  # [R, n, H]
+    n_heads, n_site_heads = model.cfg.n_heads, new.shape[0]
+    group = torch.arange(n_heads) // (n_heads // n_site_heads)  # the key/value head each query head reads
+    owner = group if split_site(site)[1] == "attn.k" else torch.arange(n_heads)
+    own = (owner[None, :] == torch.arange(n_site_heads)[:, None]).float()  # [R, H]: query heads touched by r
+    return (per_query_head * own[:, None, :]).sum(-1).T  # [n, R]
+
+
 def attribution_patch(
-    model, task, sites, per: str | None = None, metric="logit_diff"
+    model, task, sites, per: str | None = None, metric="logit_diff", qk_fix: bool = True
 ) -> dict[str, GridResult]:
     """AtP estimates of denoising every node of `sites` (names or globs), grouped by kind of site.
 
     Returns {suffix: GridResult}, e.g. {"attn.z": [layer, head], "mlp.post": [layer, neuron]}, on the
-    same normalised scale as patch_sweep(mode="denoise") (0 = corrupt, 1 = clean).
+    same normalised scale as patch_sweep(mode="denoise") (0 = corrupt, 1 = clean). With qk_fix (default),
+    attn.q / attn.k heads (per="head") get AtP*'s estimate through the recomputed attention pattern.
     """
     names = model.resolve_sites(sites)
     metric_fn = M.get_metric(metric)
+    qk_sites = [
+        s
+        for s in names
+        if qk_fix and split_site(s)[1] in ("attn.q", "attn.k") and (per or default_per(s)) == "head"
+    ]
+    qk_layers = sorted({split_site(s)[0] for s in qk_sites})
+    patterns = [f"blocks.{layer}.attn.pattern" for layer in qk_layers]
+    resids = [f"blocks.{layer}.resid_pre" for layer in qk_layers]
     with torch.no_grad():
         _, clean = model.run_with_cache(task.inputs("clean"), sites=names, logits_to_keep=1)
         clean_logits = model.run_with_cache(task.inputs("clean"), sites=[], logits_to_keep=1)[0]
-    corrupt_m, corrupt_acts, grads = _run_with_grads(model, task.inputs("corrupt"), names, task, metric_fn)
+        _, corrupt_resid = model.run_with_cache(task.inputs("corrupt"), sites=resids, logits_to_keep=1)
+    tracked = list(dict.fromkeys(names + patterns))
+    corrupt_m, corrupt_acts, grads = _run_with_grads(model, task.inputs("corrupt"), tracked, task, metric_fn)
+    qk_estimates = {}
+    for s in qk_sites:
+        layer = split_site(s)[0]
+        p = f"blocks.{layer}.attn.pattern"
+        qk_estimates[s] = _qk_fixed_estimate(
+            model, task, s, clean[s], corrupt_acts[p], grads[p], corrupt_resid[f"blocks.{layer}.resid_pre"]
+        )
     clean_m = metric_fn(clean_logits[:, -1], task).detach()
     by_kind: dict[str, list[str]] = {}
     for name in names:
@@ -91,7 +148,14 @@ def attribution_patch(
     for suffix, group in by_kind.items():
         kind_per = per or default_per(group[0])
         # [layer, n, *node axes] -> [layer, *node axes, n]
-        est = torch.stack([_node_values((clean[s] - corrupt_acts[s]) * grads[s], s, kind_per) for s in group])
+        est = torch.stack(
+            [
+                qk_estimates[s]
+                if s in qk_estimates
+                else _node_values((clean[s] - corrupt_acts[s]) * grads[s], s, kind_per)
+                for s in group
+            ]
+        )
         est = est.movedim(1, -1)
         axes = [
             "layer",
@@ -113,7 +177,13 @@ def attribution_patch(
             axes,
             labels,
             title=f"attribution patching: {suffix} per {kind_per}",
-            meta={"method": "attribution", "site": suffix, "per": kind_per, "task": task.name},
+            meta={
+                "method": "attribution",
+                "site": suffix,
+                "per": kind_per,
+                "task": task.name,
+                "qk_fix": any(s in qk_estimates for s in group),
+            },
         )
     return results
 
