@@ -128,8 +128,7 @@ def attribution_patch(
     patterns = [f"blocks.{layer}.attn.pattern" for layer in qk_layers]
     resids = [f"blocks.{layer}.resid_pre" for layer in qk_layers]
     with torch.no_grad():
-        _, clean = model.run_with_cache(task.inputs("clean"), sites=names, logits_to_keep=1)
-        clean_logits = model.run_with_cache(task.inputs("clean"), sites=[], logits_to_keep=1)[0]
+        clean_logits, clean = model.run_with_cache(task.inputs("clean"), sites=names, logits_to_keep=1)
         _, corrupt_resid = model.run_with_cache(task.inputs("corrupt"), sites=resids, logits_to_keep=1)
     tracked = list(dict.fromkeys(names + patterns))
     corrupt_m, corrupt_acts, grads = _run_with_grads(model, task.inputs("corrupt"), tracked, task, metric_fn)

@@ -77,8 +77,8 @@ def _performance(model, task) -> dict:
     }
 
 
-def _roles(model, task, head_sweep, progress) -> list[dict]:
-    dla = direct_logit_attribution(model, task)["heads"].mean(0)  # [layer, head]
+def _roles(model, task, head_sweep, dla) -> list[dict]:
+    """dla: mean direct logit attribution per head [layer, head]."""
     attn = attention_to(model, task, "END", ("IO", "S1", "S2"))
     dup = dict(task.positions)
     dup["S1+1"] = task.positions["S1"] + 1
@@ -160,7 +160,8 @@ def run_ioi(
     timings["attribution"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    roles = _roles(model, task, head_sweep, progress)
+    dla = direct_logit_attribution(model, task)["heads"].mean(0)  # [layer, head]
+    roles = _roles(model, task, head_sweep, dla)
     timings["roles"] = time.perf_counter() - start
 
     perf_text = (
@@ -232,7 +233,7 @@ def run_ioi(
         (
             "Direct logit attribution per head",
             heatmap(
-                direct_logit_attribution(model, task)["heads"].mean(0).tolist(),
+                dla.tolist(),
                 title="DLA (logits) at END",
                 xlabel="head",
                 ylabel="layer",
