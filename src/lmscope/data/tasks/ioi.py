@@ -5,6 +5,9 @@
 
 - "flip": the second S mention (S2) becomes IO, so the correct answer flips ("..., Mary gave a drink to").
 - "abc":  the three names become three other names C, D, E, removing the IO/S information altogether.
+- "pattern": the same names with the order swapped (ABB <-> BAB): only the position of the first S
+  mention changes, the answer does not. Patching the position signal from it flips the answer to S
+  (Makelov et al. 2023's DAS setting).
 
 Every name, place and object is kept only if it is one token (with a leading space) for the model's
 tokenizer, so a corrupt prompt always has its clean prompt's token length.
@@ -53,7 +56,7 @@ OBJECTS = [
 ]  # fmt: skip
 
 SPLITS = ("train", "test", "all")
-CORRUPTIONS = ("flip", "abc")
+CORRUPTIONS = ("flip", "abc", "pattern")
 
 
 def ioi(
@@ -107,6 +110,8 @@ def ioi(
         if corruption == "flip":
             # S2 -> IO: IO is now the repeated name, so S becomes the one to give to (the answer flips)
             bad = (slots[0], slots[1], io)
+        elif corruption == "pattern":
+            bad = (slots[1], slots[0], s)  # ABB <-> BAB, same names
         else:
             bad = tuple(rng.sample([x for x in names if x not in (io, s)], 3))
         clean.append(_fill(TEMPLATES[t], slots, place, obj))
