@@ -1,6 +1,8 @@
 """lmscope: a workbench for mechanistic interpretability of Hugging Face causal language models."""
 
 from .causal.attribution import attribution_patch
+from .causal.audit import AuditResult, audit
+from .causal.das import DASResult, das
 from .causal.heads import direct_logit_attribution
 from .causal.path import path_patch
 from .causal.sweep import patch_sweep
@@ -25,6 +27,10 @@ from .model import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditResult",
+    "DASResult",
+    "audit",
+    "das",
     "ContrastTask",
     "attribution_patch",
     "direct_logit_attribution",

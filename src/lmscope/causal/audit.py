@@ -319,7 +319,7 @@ def _random_check(problem, v: PatchOutcome, k: int, n_random: int, seed: int, cl
 def _agreement_check(basis: Tensor, others: dict[str, Tensor]) -> Check:
     values = {f"cos_{name}": float((basis.T @ d).norm()) for name, d in others.items()}
     status = "suspicious" if values and max(values.values()) < AGREEMENT_MIN else "pass"
-    detail = ", ".join(f"|cos| to {name.replace('_', ' ')} {value:.2f}" for name, value in values.items())
+    detail = ", ".join(f"|cos| to {name[4:].replace('_', ' ')} {value:.2f}" for name, value in values.items())
     return Check("agreement", status, detail, values)
 
 

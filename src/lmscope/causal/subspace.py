@@ -208,7 +208,8 @@ def read_out_matrix(model, site: str, readers: list[str] | None = None) -> tuple
     layer, kind = _vector_site(model, site)
     w = model.weights
     if kind == "mlp.post":
-        return w.W_out(layer).detach().float().T, f"W_out of layer {layer}"  # [d_mlp, d_model]
+        # h -> h @ W_out reads exactly the span of W_out's columns: [d_mlp, d_model]
+        return w.W_out(layer).detach().float(), f"W_out of layer {layer}"
     if kind in ("mlp.pre",):
         raise ValueError("no read-out split for mlp.pre: audit mlp.post (the neurons W_out reads)")
     first = layer + 1 if kind in ("resid_post", "mlp.out") else layer
