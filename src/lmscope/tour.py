@@ -1,9 +1,10 @@
-"""`lmscope tour`: the README's main job. For now: load the bundled model, show its architecture and sites,
-and run the IOI prompt with its top predictions and the logit difference " Mary" - " John"."""
+"""`lmscope tour`: the README's main job, on the bundled model: every capability once, small, each stage
+cached as a run folder, then the explorer over all of them."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -38,25 +39,124 @@ def describe(model: Model) -> str:
     )
 
 
-def run_tour(model_name: str | None = None, top_k: int = 5, out=print) -> dict:
+def _stage(name: str, run_dir: Path, build, out) -> float:
+    """Run one tour stage unless its run folder is already complete (run.json is written last)."""
+    if (run_dir / "run.json").is_file():
+        out(f"[{name}] cached: {run_dir}")
+        return 0.0
+    start = time.perf_counter()
+    out(f"[{name}] ...")
+    build(run_dir)
+    took = time.perf_counter() - start
+    out(f"[{name}] done in {took:.0f} s: {run_dir}")
+    return took
+
+
+def run_tour(
+    model_name: str | None = None,
+    top_k: int = 5,
+    out=print,
+    root: str | Path | None = None,
+    serve: bool = True,
+    port: int = 8765,
+    scale: float = 1.0,
+) -> dict:
+    """The README's main job: look inside, find a context neuron, train a small SAE, patch IOI, run DAS
+    with the illusion audit, then serve the explorer over the results.
+
+    Every stage writes a run folder under `root` (default: <lmscope cache>/tour) and is skipped when that
+    folder is complete, so a second run goes straight to the explorer. scale < 1 shrinks every stage (tests).
+    """
+    from .causal.das_report import run_das_audit
+    from .causal.ioi_report import write_ioi_report
+    from .data.corpus import build_corpus, load_corpus
+    from .data.tokens import tokenize_corpus
+    from .features.neuron_report import run_neurons
+    from .features.sae.run import features_run, train_run
+    from .model import cache_root
+    from .report.runs import write_run
+
+    root = Path(root) if root is not None else cache_root() / "tour"
     start = time.perf_counter()
     model = load(model_name)
+    name = model_name or "SmolLM2-135M-Instruct"
     out(f"Loaded in {time.perf_counter() - start:.1f} s.\n")
     out(describe(model))
-    out(f"\nIOI prompt: {IOI_PROMPT!r}")
-    out("tokens: " + " | ".join(model.to_str_tokens(IOI_PROMPT)))
     with torch.no_grad():
-        logits, cache = model.run_with_cache(IOI_PROMPT, sites=["blocks.*.resid_post"])
-    out(f"\nTop {top_k} next tokens:")
-    for text, p in top_predictions(model, logits[0], top_k):
-        out(f"  {text!r:>12}  {p:.3f}")
+        logits = model(IOI_PROMPT)
     mary, john = single_token(model, " Mary"), single_token(model, " John")
     logit_diff = float(logits[0, -1, mary] - logits[0, -1, john])
     out(
-        f"\nlogit(' Mary') - logit(' John') = {logit_diff:+.3f}  (positive: the model picks the indirect object)"
+        f"\n{IOI_PROMPT!r} -> " + ", ".join(f"{t!r} {p:.2f}" for t, p in top_predictions(model, logits[0], 3))
     )
-    resid = cache.stack("resid_post")  # [layer, batch, pos, d_model]
-    out(
-        f"cached resid_post for {resid.shape[0]} layers: {tuple(resid.shape)}, {cache.nbytes / 2**20:.1f} MiB"
+    out(f"logit(' Mary') - logit(' John') = {logit_diff:+.2f}\n")
+
+    n = lambda x: max(2, int(round(x * scale)))  # noqa: E731
+    labels = ["english", "french", "german", "python"]
+    corpus = root / "corpus"
+    timings = {}
+    timings["corpus"] = _stage(
+        "corpus: English, French, German man pages and Python source",
+        corpus,
+        lambda d: build_corpus(d, labels=labels, max_docs_per_label=n(160), progress=False),
+        out,
     )
-    return {"logit_diff": logit_diff, "top": top_predictions(model, logits[0], top_k)}
+    timings["neurons"] = _stage(
+        "neurons: the best single neuron per language, with ablation",
+        root / "neurons",
+        lambda d: run_neurons(
+            model, d, corpus=corpus, n_train=n(60), n_test=n(20), ctx_len=128, progress=False
+        ),
+        out,
+    )
+
+    def sae(d: Path) -> None:
+        docs = load_corpus(corpus, split="train")
+        dataset = tokenize_corpus(model, docs, ctx_len=128)
+        train_run(
+            d,
+            model,
+            "blocks.15.resid_post",
+            "topk",
+            expansion=4,
+            tokens=n(200_000),
+            dataset=dataset,
+            progress=False,
+            cards=False,
+            k=32,
+            batch_size=1024,
+        )
+        features_run(d, model, dataset=dataset, n_tokens=n(40_000), ablate=4, progress=False)
+
+    timings["sae"] = _stage("SAE: TopK, 2304 features on blocks.15.resid_post", root / "sae", sae, out)
+
+    def ioi(d: Path) -> None:
+        report, _ = write_ioi_report(
+            model, d / "report.html", n=n(8), n_eval=n(40), progress=False, log=lambda *a: None
+        )
+        write_run(d, "patching", "IOI: patching, attribution and path patching", model=name)
+
+    timings["ioi"] = _stage("IOI: patching sweeps, attribution, path patching", root / "ioi", ioi, out)
+    timings["das"] = _stage(
+        "DAS + illusion audit: IOI's name-order signal in blocks.21.resid_post",
+        root / "das",
+        lambda d: run_das_audit(
+            model,
+            "blocks.21.resid_post",
+            d,
+            n=n(60),
+            n_test=n(40),
+            epochs=4,
+            readers=["23.0.q", "23.1.q", "23.2.q"],
+            controls=False,
+            model_name=name,
+            progress=False,
+        ),
+        out,
+    )
+    out(f"\nTour stages took {time.perf_counter() - start:.0f} s in all.")
+    if serve:
+        from .explorer import serve as serve_explorer
+
+        serve_explorer(root, port=port, model=model)
+    return {"logit_diff": logit_diff, "root": root, "timings": timings}

@@ -7,12 +7,10 @@ lmscope, and nothing in the output loads an external resource: no scripts, fonts
 
 from __future__ import annotations
 
-import contextlib
 import html
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,19 +56,9 @@ def _standalone_svg(svg: str) -> str:
 
 def _write_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path``, then rename it: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    from .runs import write_bytes_atomic
+
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------- helpers
