@@ -3,6 +3,22 @@
 # torch==2.13.0 (the CPU wheel) goes in first so that no later step can pull a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian packages (as root with apt-get only): chromium runs the explorer's browser tests through Playwright,
+# which must never download a browser of its own. Without it those tests skip; the rest of lmscope works.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if ! command -v chromium >/dev/null; then
+        { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "setup: could not install chromium" >&2
+    fi
+    # Man pages in nine languages and groff to render them: the text of `lmscope corpus build`.
+    # (JavaScript for the corpus comes from npm's own packages: `apt-get install npm`, left out as it is large.)
+    MANPAGES="groff-base manpages manpages-dev manpages-fr manpages-fr-dev manpages-de manpages-de-dev
+        manpages-es manpages-es-dev manpages-it manpages-it-dev manpages-nl manpages-nl-dev manpages-pl
+        manpages-pl-dev manpages-ru manpages-ru-dev manpages-pt-br manpages-pt-br-dev"
+    if ! dpkg -s $MANPAGES >/dev/null 2>&1; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MANPAGES >/dev/null; } ||
+            echo "setup: could not install the man pages (lmscope corpus build uses what is there)" >&2
+    fi
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

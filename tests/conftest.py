@@ -102,3 +102,14 @@ def smollm2_cache(tmp_path_factory):
 def smollm2(smollm2_cache) -> ls.Model:
     """The bundled SmolLM2-135M-Instruct, converted once per test session into a temporary cache."""
     return ls.load(cache_dir=smollm2_cache)
+
+
+@pytest.fixture(autouse=True)
+def _threads(request):
+    """One thread for tiny models (more only adds scheduling overhead, badly so on a busy machine); the
+    machine's threads for the integration tests on SmolLM2."""
+    before = torch.get_num_threads()
+    integration = request.node.get_closest_marker("integration") is not None
+    torch.set_num_threads(before if integration else 1)
+    yield
+    torch.set_num_threads(before)
