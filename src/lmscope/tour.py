@@ -13,6 +13,7 @@ from .model import Model, load
 from .model.sites import split_site
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
+SAE_SITE = "blocks.6.resid_post"
 
 
 def top_predictions(model: Model, logits: torch.Tensor, k: int) -> list[tuple[str, float]]:
