@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 RUN_FILE = "run.json"
-KINDS = ("sae", "neurons", "probe", "patching", "audit", "das", "lens", "toy", "corpus", "store")
+KINDS = ("sae", "neurons", "probe", "patching", "audit", "das", "lens", "circuits", "toy", "corpus", "store")
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
