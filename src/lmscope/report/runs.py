@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -34,9 +35,20 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def _finite(obj: object) -> object:
+    """NaN and infinities (not valid JSON) become None, in nested dicts, lists and tuples."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: object) -> Path:
-    """Atomically write ``obj`` as indented JSON (NaN is not valid JSON: write None instead)."""
-    return write_bytes_atomic(path, json.dumps(obj, indent=1, allow_nan=False).encode("utf-8"))
+    """Atomically write ``obj`` as indented JSON; NaN and infinities are written as null."""
+    return write_bytes_atomic(path, json.dumps(_finite(obj), indent=1, allow_nan=False).encode("utf-8"))
 
 
 def read_json(path: str | os.PathLike) -> object:
