@@ -1,0 +1,1 @@
+"""Feature analysis: sparse probes, neurons, privileged bases (and, beside them, sparse autoencoders)."""

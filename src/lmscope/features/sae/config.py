@@ -1,0 +1,173 @@
+"""SAE configurations: one dataclass per architecture, looked up by name.
+
+    cfg = sae_config("topk", d_in=576, d_sae=4608, k=32, site="blocks.15.resid_post")
+    cfg = CONFIGS["standard"](d_in=576, d_sae=4608, l1_coefficient=5.0)
+
+Every config holds the SAE's shape, where it reads (site, model) and how to train it. Training works on
+inputs scaled so that E||x||^2 = d_in (``normalize_activations``); the scale is recorded in ``norm_scale``
+and folded into the weights on save, so a saved SAE reads raw activations. Tokens with massive activations
+(norm above ``max_norm``) are left out of training and passed through by the splice, like BOS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass
+class SAEConfig:
+    d_in: int
+    d_sae: int
+    site: str = ""  # the lmscope site it reads, e.g. "blocks.15.resid_post"
+    model: str = ""
+    # ---- training -----------------------------------------------------------------------------------
+    batch_size: int = 4096  # tokens per optimizer step, summed over processes
+    total_tokens: int = 2_000_000
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_warmup_steps: int = 0
+    lr_decay_fraction: float = 0.2  # linear decay to 0 over this last fraction of the steps
+    normalize_activations: bool = True  # scale inputs so E||x||^2 = d_in while training
+    norm_scale: float = 1.0  # set by training; folded into the saved weights
+    dead_tokens: int = 1_000_000  # a feature that has not fired for this many tokens counts as dead
+    calibration_tokens: int = 16_384  # sample for the geometric median (b_dec) and the norm scale
+    # Massive activations: tokens whose activation norm exceeds outlier_factor x the median norm (BOS-like
+    # attention sinks, e.g. SmolLM2's residual stream on box-drawing tokens, ~100x the typical norm) are left
+    # out of training, and the splice passes them through unchanged. None keeps every token.
+    outlier_factor: float | None = 10.0
+    max_norm: float | None = None  # set by training: outlier_factor x the median norm (raw units)
+    checkpoint_every: int = 100  # steps
+    log_every: int = 10  # steps
+    seed: int = 0
+
+    architecture: ClassVar[str] = ""
+
+    def __post_init__(self):
+        for name in ("d_in", "d_sae", "batch_size", "total_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be a positive int, got {value!r}")
+        if self.total_tokens < self.batch_size:
+            raise ValueError(
+                f"total_tokens ({self.total_tokens}) is less than one batch ({self.batch_size}); "
+                "train on more tokens or use a smaller batch_size"
+            )
+        if not 0 <= self.lr_decay_fraction <= 1:
+            raise ValueError(f"lr_decay_fraction must lie in [0, 1], got {self.lr_decay_fraction}")
+        self.betas = tuple(self.betas)
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_tokens // self.batch_size
+
+    @property
+    def inference_architecture(self) -> str:
+        """The architecture name a saved SAE carries (SAELens's names)."""
+        return self.architecture
+
+    def to_dict(self) -> dict:
+        return {"architecture": self.architecture, **dataclasses.asdict(self)}
+
+
+@dataclass
+class StandardConfig(SAEConfig):
+    """ReLU + L1, as in Towards Monosemanticity: f = ReLU(W_enc (x - b_dec) + b_enc), unit-norm decoder rows,
+    loss = ||x - x_hat||^2 + l1_coefficient * ||f||_1, dead features resampled at the given fractions of
+    training (inputs drawn with probability proportional to their loss squared)."""
+
+    l1_coefficient: float = 5.0
+    l1_warmup_fraction: float = 0.05  # the L1 coefficient ramps up linearly over this fraction of steps
+    resample_at: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)  # fractions of the steps; () = never
+    resample_window: float = 0.05  # dead = did not fire in this fraction of the steps before resampling
+    resample_pool: int = 8  # recent batches per process to draw replacement inputs from
+    architecture: ClassVar[str] = "standard"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.resample_at = tuple(self.resample_at)
+        if any(not 0 < f < 1 for f in self.resample_at):
+            raise ValueError(f"resample_at holds fractions of training in (0, 1), got {self.resample_at}")
+
+
+@dataclass
+class TopKConfig(SAEConfig):
+    """TopK (Gao et al. 2024): f = TopK(ReLU(W_enc (x - b_dec) + b_enc)), MSE only, plus the AuxK loss in
+    which the top aux_k dead features reconstruct the residual x - x_hat."""
+
+    k: int = 32
+    aux_k: int | None = None  # None = d_in // 2 (SAELens's default)
+    aux_coefficient: float = 1 / 32
+    architecture: ClassVar[str] = "topk"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must lie in 1..d_sae ({self.d_sae}), got {self.k}")
+        if self.aux_k is None:
+            self.aux_k = max(1, self.d_in // 2)
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    """BatchTopK (Bussmann et al. 2024): keep the k * batch largest activations over the whole batch, so L0
+    averages k but varies per token. At inference a single threshold (a running mean of the smallest kept
+    activation) replaces the batch: the saved SAE is a JumpReLU."""
+
+    threshold_beta: float = 0.99  # EMA rate of the inference threshold
+    architecture: ClassVar[str] = "batchtopk"
+
+    @property
+    def inference_architecture(self) -> str:
+        return "jumprelu"
+
+
+CONFIGS: dict[str, type[SAEConfig]] = {
+    "standard": StandardConfig,
+    "topk": TopKConfig,
+    "batchtopk": BatchTopKConfig,
+}
+ALIASES = {"relu": "standard", "l1": "standard"}
+
+
+def config_class(architecture: str) -> type[SAEConfig]:
+    name = ALIASES.get(architecture, architecture)
+    if name not in CONFIGS:
+        raise ValueError(
+            f"unknown SAE architecture {architecture!r}; choose one of {', '.join(CONFIGS)} "
+            f"(aliases: {', '.join(ALIASES)})"
+        )
+    return CONFIGS[name]
+
+
+def sae_config(architecture: str, **fields) -> SAEConfig:
+    """Build the config of ``architecture`` ("standard", "topk", "batchtopk"); unknown fields are an error."""
+    cls = config_class(architecture)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(
+            f"{cls.__name__} has no field(s) {', '.join(unknown)}; it has {', '.join(sorted(known))}"
+        )
+    return cls(**fields)
+
+
+def config_from_dict(data: dict) -> SAEConfig:
+    """Inverse of ``cfg.to_dict()``; keys that are not fields (e.g. from newer versions) are ignored."""
+    cls = config_class(data.get("architecture", "standard"))
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+__all__ = [
+    "ALIASES",
+    "CONFIGS",
+    "BatchTopKConfig",
+    "SAEConfig",
+    "StandardConfig",
+    "TopKConfig",
+    "config_class",
+    "config_from_dict",
+    "sae_config",
+]

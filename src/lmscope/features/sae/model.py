@@ -1,0 +1,200 @@
+"""The sparse autoencoder module, its sparse codes, and the sparse backward that makes training fast.
+
+    sae = SAE(cfg)                 # W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]
+    f = sae.encode(x)              # [..., d_in] -> [..., d_sae] (dense)
+    x_hat = sae.decode(f)          # [..., d_sae] -> [..., d_in]
+
+Inference architectures (SAELens's names): "standard" f = ReLU(pre); "topk" keeps each token's k largest
+of ReLU(pre); "jumprelu" f = pre * (pre > threshold) (what a BatchTopK SAE becomes after training), where
+pre = (x - b_dec) @ W_enc + b_enc.
+
+Training never builds the dense code: each architecture selects the (token, feature) pairs that fire,
+``SelectedPre`` makes their pre-activations differentiable with a backward that touches only those pairs,
+and ``decode_codes`` decodes with ``embedding_bag``. Only the encoder's forward matmul stays dense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import SAEConfig
+
+INFERENCE_ARCHITECTURES = ("standard", "topk", "jumprelu")
+
+
+@dataclass
+class Codes:
+    """A batch of sparse codes: row r's active features are cols[offsets[r]:offsets[r+1]] with values vals.
+
+    rows [nnz], cols [nnz] (int64, sorted by row), vals [nnz] (differentiable), offsets [n_rows].
+    """
+
+    rows: Tensor
+    cols: Tensor
+    vals: Tensor
+    offsets: Tensor
+    n_rows: int
+
+    @classmethod
+    def from_pairs(cls, rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int) -> Codes:
+        counts = torch.bincount(rows, minlength=n_rows)
+        offsets = torch.zeros(n_rows, dtype=torch.long, device=rows.device)
+        offsets[1:] = counts.cumsum(0)[:-1]
+        return cls(rows, cols, vals, offsets, n_rows)
+
+
+def decode_codes(codes: Codes, W_dec: Tensor) -> Tensor:
+    """sum_j vals_j * W_dec[cols_j] per row: [n_rows, d_in] (no bias). embedding_bag's backward yields the
+    decoder gradient of the active rows and d/dvals without forming the dense code."""
+    return F.embedding_bag(codes.cols, W_dec, codes.offsets, per_sample_weights=codes.vals, mode="sum")
+
+
+class SelectedPre(torch.autograd.Function):
+    """pre[rows, cols] for pre = x_c @ W_enc + b_enc, already computed (without autograd) in `values`;
+    the backward costs O(nnz * d_in) instead of three dense [batch, d_in] x [d_in, d_sae] products."""
+
+    @staticmethod
+    def forward(ctx, x_c, W_enc, b_enc, rows, cols, values):
+        ctx.save_for_backward(x_c, W_enc, rows, cols)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_c, W_enc, rows, cols = ctx.saved_tensors
+        d_sae = W_enc.shape[1]
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.bincount(cols, weights=grad, minlength=d_sae).to(grad.dtype)
+        if ctx.needs_input_grad[1]:
+            # grad W_enc[:, j] = sum over the tokens where j fired of grad * x_c: bags of tokens per feature
+            by_feature = torch.argsort(cols, stable=True)
+            counts = torch.bincount(cols, minlength=d_sae)
+            starts = torch.zeros(d_sae, dtype=torch.long, device=cols.device)
+            starts[1:] = counts.cumsum(0)[:-1]
+            grad_W = F.embedding_bag(
+                rows[by_feature], x_c, starts, per_sample_weights=grad[by_feature], mode="sum"
+            ).T  # [d_in, d_sae]
+        if ctx.needs_input_grad[0]:
+            counts = torch.bincount(rows, minlength=x_c.shape[0])
+            starts = torch.zeros(x_c.shape[0], dtype=torch.long, device=rows.device)
+            starts[1:] = counts.cumsum(0)[:-1]
+            grad_x = F.embedding_bag(cols, W_enc.T.contiguous(), starts, per_sample_weights=grad, mode="sum")
+        return grad_x, grad_W, grad_b, None, None, None
+
+
+def selected_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, rows: Tensor, cols: Tensor):
+    """Differentiable pre[rows, cols] (pre computed without grad)."""
+    return SelectedPre.apply(x_c, W_enc, b_enc, rows, cols, pre[rows, cols])
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder over activations [..., d_in]. `cfg` says its shape, site and architecture."""
+
+    def __init__(self, cfg: SAEConfig, architecture: str | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.architecture = architecture or cfg.inference_architecture
+        if self.architecture not in INFERENCE_ARCHITECTURES:
+            raise ValueError(
+                f"unknown SAE architecture {self.architecture!r}; expected one of {INFERENCE_ARCHITECTURES}"
+            )
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        # JumpReLU threshold per feature; for a BatchTopK SAE in training, a running estimate
+        self.register_buffer("threshold", torch.zeros(d_sae))
+        self.init_weights(cfg.seed)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> None:
+        """Unit-norm random decoder rows; the encoder starts as the decoder's transpose (Gao et al.)."""
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=gen)
+        self.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
+        self.W_enc.copy_(self.W_dec.T)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    def _check(self, x: Tensor) -> None:
+        if x.shape[-1] != self.d_in:
+            raise ValueError(
+                f"this SAE reads [..., {self.d_in}] activations ({self.cfg.site or 'its site'}), "
+                f"got shape {tuple(x.shape)}"
+            )
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """[..., d_in] -> [..., d_sae]: (x - b_dec) @ W_enc + b_enc."""
+        self._check(x)
+        x = x.to(self.W_enc.dtype)
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def activation(self, pre: Tensor) -> Tensor:
+        if self.architecture == "standard":
+            return F.relu(pre)
+        if self.architecture == "jumprelu":
+            return pre * (pre > self.threshold)
+        k = getattr(self.cfg, "k", None)
+        values, indices = F.relu(pre).topk(k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, indices, values)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Feature activations [..., d_sae] of activations x [..., d_in]."""
+        return self.activation(self.pre_acts(x))
+
+    @torch.no_grad()
+    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The nonzero activations of x [n, d_in] as (rows [nnz], features [nnz], values [nnz]), by row."""
+        pre = self.pre_acts(x)
+        if self.architecture == "topk":
+            values, cols = F.relu(pre).topk(self.cfg.k, dim=-1)  # [n, k]
+            rows = torch.arange(len(x), device=x.device)[:, None].expand_as(cols)
+            keep = values > 0
+            return rows[keep], cols[keep], values[keep]
+        rows, cols = (pre > (self.threshold if self.architecture == "jumprelu" else 0)).nonzero().unbind(1)
+        return rows, cols, pre[rows, cols]
+
+    def decode(self, f: Tensor) -> Tensor:
+        """Reconstruction [..., d_in] of feature activations f [..., d_sae]."""
+        if f.shape[-1] != self.d_sae:
+            raise ValueError(f"decode expects [..., {self.d_sae}] feature activations, got {tuple(f.shape)}")
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The reconstruction x_hat [..., d_in] (in x's dtype)."""
+        return self.decode(self.encode(x)).to(x.dtype)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale the decoder rows to unit norm, in place."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the part of W_dec's gradient along each (unit) row, so a step only turns the row."""
+        grad, w = self.W_dec.grad, self.W_dec
+        if grad is not None:
+            grad.sub_((grad * w).sum(1, keepdim=True) * w)
+
+    @torch.no_grad()
+    def fold_scale(self, scale: float) -> None:
+        """Make an SAE trained on scale * x read x itself: the same features, the reconstruction / scale."""
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
+    def extra_repr(self) -> str:
+        return f"{self.architecture}, d_in={self.d_in}, d_sae={self.d_sae}, site={self.cfg.site!r}"

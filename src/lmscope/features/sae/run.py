@@ -1,0 +1,360 @@
+"""SAE run folders: what `lmscope sae train|eval|features` write, and their report.
+
+A run folder (kind "sae") holds cfg.json + sae_weights.safetensors (the SAE), training_log.json,
+checkpoint.pt (to resume), metrics.json (after eval), feature_stats.json and features/00000.json, ...
+(256 cards a page), report.html and run.json (written last). run.json also records where the training
+data came from, so eval and features find it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ...report import Text, histogram, line_chart, page, save_page, table
+from ...report.runs import read_json, write_json, write_run
+from . import distributed as D
+from .config import sae_config
+from .evaluate import SAEEval, evaluate_sae
+from .features import FeatureActivations, feature_cards
+from .io import CFG_FILE, LOG_FILE, load_sae
+from .sources import ModelSource, RowSource
+from .train import train_sae
+
+PAGE = 256  # cards per features/NNNNN.json page
+METRICS_FILE = "metrics.json"
+STATS_FILE = "feature_stats.json"
+SOURCES_FILE = "sources.json"
+
+
+def parse_count(text: str | int) -> int:
+    """'2M' -> 2_000_000, '500k' -> 500_000, '4096' -> 4096."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGbB]?)\s*", str(text))
+    if not match:
+        raise ValueError(f"expected a count such as 4096, 500k or 2M, got {text!r}")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
+
+
+def load_tokens(
+    path: str | os.PathLike | None, corpus: str | os.PathLike | None, model, split: str, ctx_len: int = 128
+):
+    """A TokenDataset: from a saved file, or tokenised from a corpus folder's split."""
+    from ...data.tokens import TokenDataset, tokenize_corpus
+
+    if path:
+        return TokenDataset.load(path)
+    if not corpus:
+        raise ValueError(
+            "give token data: --dataset FILE (a saved TokenDataset) or --corpus DIR (built corpus)"
+        )
+    from ...data.corpus import load_corpus
+
+    docs = load_corpus(corpus, split=split)
+    if not docs:
+        raise ValueError(f"the corpus at {corpus} has no {split!r} documents")
+    names = sorted({d.label for d in load_corpus(corpus)})
+    return tokenize_corpus(model, docs, ctx_len=ctx_len, label_names=names)
+
+
+def train_run(
+    out_dir: str | os.PathLike,
+    model,
+    site: str,
+    architecture: str = "topk",
+    expansion: int = 8,
+    tokens: int | str = 2_000_000,
+    *,
+    store=None,
+    dataset=None,
+    sources: dict | None = None,
+    progress: bool = True,
+    cards: bool = True,
+    **cfg_fields,
+) -> Path:
+    """Train an SAE on `site` (from an ActivationStore when given, else on the fly from `dataset`), then
+    write its feature stats, cards and report. cfg_fields go to the architecture's config (k, lr, seed, ...).
+    """
+    out = Path(out_dir)
+    [site] = model.resolve_sites([site])
+    d_in = store.d(site) if store is not None else _site_width(model, site)
+    cfg = sae_config(
+        architecture,
+        d_in=d_in,
+        d_sae=expansion * d_in,
+        site=site,
+        model=model.cfg.name,
+        total_tokens=parse_count(tokens),
+        **cfg_fields,
+    )
+    if store is not None:
+        source = RowSource.from_store(store, site, cfg.batch_size, seed=cfg.seed)
+    elif dataset is not None:
+        source = ModelSource(model, dataset, site, cfg.batch_size, seed=cfg.seed)
+    else:
+        raise ValueError("train_run needs store= (an ActivationStore) or dataset= (a TokenDataset)")
+    if D.world()[0] == 0:
+        write_json(out / SOURCES_FILE, sources or {})
+    sae = train_sae(cfg, source, out, progress=progress)
+    if D.world()[0] != 0:
+        return out
+    if cards:
+        features_run(out, model, store=store, dataset=dataset, progress=progress, sae=sae)
+    else:
+        finish(out)
+    return out
+
+
+def _site_width(model, site: str) -> int:
+    _, cache = model.run_with_cache(torch.tensor([[0, 1]]), sites=[site], stop_at=site)
+    return int(cache[site][0, 0].numel())
+
+
+def features_run(
+    out_dir, model, *, store=None, dataset=None, n_tokens=200_000, ablate=8, progress=True, sae=None
+) -> Path:
+    """feature_stats.json and features/NNNNN.json pages for the SAE in out_dir, from the store (the first
+    n_tokens rows) or by running the model over `dataset`; then the report."""
+    out = Path(out_dir)
+    sae = sae or load_sae(out)
+    if store is not None:
+        acts = FeatureActivations.from_store(sae, store, n_tokens=n_tokens, progress=progress)
+    elif dataset is not None:
+        acts = FeatureActivations.from_model(
+            sae, model, dataset, n_contexts=max(1, n_tokens // dataset.ctx_len), progress=progress
+        )
+    else:
+        raise ValueError(
+            "feature cards need activations: an ActivationStore (store=) or a TokenDataset (dataset=)"
+        )
+    write_json(out / STATS_FILE, acts.stats())
+    cards = feature_cards(sae, model, acts, ablate=ablate, progress=progress)
+    for start in range(0, len(cards), PAGE):
+        write_json(
+            out / "features" / f"{start // PAGE:05d}.json",
+            {"start": start, "cards": cards[start : start + PAGE]},
+        )
+    return finish(out)
+
+
+def eval_run(out_dir, model, dataset, n_contexts: int = 64, progress: bool = True) -> SAEEval:
+    """metrics.json (reconstruction on held-out contexts, CE / loss recovered / KL) and the report."""
+    out = Path(out_dir)
+    result = evaluate_sae(load_sae(out), model, dataset, n_contexts=n_contexts, progress=progress)
+    write_json(out / METRICS_FILE, {k: v for k, v in result.to_dict().items() if k != "density"})
+    finish(out)
+    return result
+
+
+def _read(path: Path):
+    return read_json(path) if path.is_file() else None
+
+
+def report_html(out_dir) -> str:
+    """The run's page: config, training curves, evaluation, feature densities, the densest features."""
+    out = Path(out_dir)
+    record = json.loads((out / CFG_FILE).read_text())
+    cfg = record.get("lmscope_config", {})
+    sections: list[tuple[str, object]] = []
+    summary = [
+        ["site", record.get("site", "")],
+        [
+            "architecture",
+            f"{cfg.get('architecture', record['architecture'])} (saved as {record['architecture']})",
+        ],
+        ["d_in x d_sae", f"{record['d_in']} x {record['d_sae']} ({record['d_sae'] / record['d_in']:.0f}x)"],
+        ["training tokens", cfg.get("total_tokens", "")],
+        ["batch, lr", f"{cfg.get('batch_size', '')}, {cfg.get('lr', '')}"],
+    ]
+    if "k" in cfg:
+        summary.append(["k", cfg["k"]])
+    if "l1_coefficient" in cfg:
+        summary.append(["L1 coefficient", cfg["l1_coefficient"]])
+    summary.append(["input scale (folded into the weights)", record.get("norm_scaling_factor_folded", 1.0)])
+    sections.append(("SAE", table(summary, ["", "value"], float_format="{:.4g}")))
+    log = _read(out / LOG_FILE)
+    if log:
+        tokens = [r["tokens"] for r in log]
+        sections.append(
+            (
+                "Training loss",
+                line_chart(
+                    {"loss": [r["loss"] for r in log], "MSE": [r["mse"] for r in log]},
+                    x=tokens,
+                    xlabel="tokens",
+                    log_y=True,
+                ),
+            )
+        )
+        sections.append(
+            (
+                "L0 and dead features",
+                line_chart(
+                    {"L0": [r["l0"] for r in log], "dead %": [100 * r["dead"] for r in log]},
+                    x=tokens,
+                    xlabel="tokens",
+                ),
+            )
+        )
+    metrics = _read(out / METRICS_FILE)
+    if metrics:
+        ev = SAEEval(metrics, torch.zeros(0), site=metrics.get("site", ""))
+        sections.append(
+            (
+                "Evaluation (held-out contexts)",
+                table(ev.table_rows(), ["metric", "value"], float_format="{:.4g}"),
+            )
+        )
+    stats = _read(out / STATS_FILE)
+    if stats:
+        density = torch.tensor(stats["density"])
+        alive = density[density > 0]
+        text = (
+            f"{stats['n_tokens']} tokens: {int((density == 0).sum())} of {len(density)} features never fire "
+            f"({(density == 0).float().mean():.1%}); {int((density > 0.01).sum())} fire on more than 1% of tokens."
+        )
+        sections.append(("Feature density", Text(text)))
+        if len(alive):
+            sections.append(
+                ("", histogram(alive.log10(), bins=40, xlabel="log10 density", ylabel="features"))
+            )
+        rows = []
+        for page_file in sorted((out / "features").glob("*.json"))[:1]:
+            cards = read_json(page_file)["cards"]
+            top = sorted(cards, key=lambda c: -c["density"])[:25]
+            for c in top:
+                rows.append(
+                    {
+                        "feature": c["index"],
+                        "title": c["title"],
+                        "density": c["density"],
+                        "max act": c["max_act"],
+                        "promotes": " ".join(t for t, _ in c["promoted"][:5]),
+                        "ablation Δloss": (c.get("ablation") or {}).get("loss_delta", {}).get("all"),
+                    }
+                )
+        if rows:
+            sections.append(
+                (
+                    "Densest features of the first page (all cards: features/*.json)",
+                    table(rows, float_format="{:.4g}"),
+                )
+            )
+    title = f"SAE {record.get('site', '')} ({cfg.get('architecture', record['architecture'])}, {record['d_sae']} features)"
+    return page(title, sections, subtitle=record.get("model", ""))
+
+
+def finish(out_dir) -> Path:
+    """Write report.html, then run.json (kind "sae", with the headline numbers)."""
+    out = Path(out_dir)
+    record = json.loads((out / CFG_FILE).read_text())
+    save_page(report_html(out), out / "report.html")
+    metrics = _read(out / METRICS_FILE) or {}
+    cfg = record.get("lmscope_config", {})
+    headline = {
+        k: metrics[k]
+        for k in ("explained_variance", "loss_recovered", "l0", "dead_fraction", "kl")
+        if k in metrics
+    }
+    write_run(
+        out,
+        "sae",
+        f"SAE {record.get('site', '')} ({record['architecture']}, {record['d_sae']} features)",
+        model=record.get("model", ""),
+        site=record.get("site", ""),
+        architecture=cfg.get("architecture", record["architecture"]),
+        d_in=record["d_in"],
+        d_sae=record["d_sae"],
+        sources=_read(out / SOURCES_FILE) or {},
+        **headline,
+    )
+    return out
+
+
+def sae_command(
+    action: str,
+    run_dir: str,
+    model_name: str | None = None,
+    *,
+    site: str | None = None,
+    arch: str = "topk",
+    k: int = 32,
+    l1: float | None = None,
+    expansion: int = 8,
+    tokens: str = "2M",
+    batch_size: int = 4096,
+    lr: float = 3e-4,
+    seed: int = 0,
+    store: str | None = None,
+    corpus: str | None = None,
+    dataset: str | None = None,
+    eval_dataset: str | None = None,
+    n_contexts: int = 64,
+    n_tokens: int = 200_000,
+    ablate: int = 8,
+) -> str:
+    """What `lmscope sae train|eval|features` runs; returns a one-line summary. Data not given on the
+    command line is taken from the run's sources.json (train records where its data came from)."""
+    from ...data.store import ActivationStore
+    from ...model import load
+
+    if not run_dir:
+        raise ValueError(f"sae {action} needs a run folder: lmscope sae {action} DIR (or --out DIR)")
+    out = Path(run_dir)
+    recorded = _read(out / SOURCES_FILE) or {}
+    store = store or recorded.get("store")
+    corpus = corpus or recorded.get("corpus")
+    dataset = dataset or recorded.get("dataset")
+    eval_dataset = eval_dataset or recorded.get("eval_dataset")
+    if corpus is None and not (store and dataset and eval_dataset):
+        from ...data.corpus import default_corpus_dir
+
+        corpus = str(default_corpus_dir())
+        if not Path(corpus).is_dir() and not (action == "features" and store):
+            raise FileNotFoundError(
+                f"no corpus at {corpus}: build one with `lmscope corpus build`, or pass "
+                "--store / --dataset / --corpus"
+            )
+    model = load(model_name)
+    the_store = ActivationStore(store) if store else None
+    if action == "train":
+        if not site:
+            raise ValueError("sae train needs --site, e.g. --site blocks.12.resid_post")
+        fields = {"batch_size": batch_size, "lr": lr, "seed": seed}
+        if arch in ("topk", "batchtopk"):
+            fields["k"] = k
+        elif l1 is not None:
+            fields["l1_coefficient"] = l1
+        train_data = None if the_store else load_tokens(dataset, corpus, model, "train")
+        sources = {"store": store, "corpus": corpus, "dataset": dataset, "eval_dataset": eval_dataset}
+        train_run(
+            out,
+            model,
+            site,
+            arch,
+            expansion,
+            tokens,
+            store=the_store,
+            dataset=train_data,
+            sources=sources,
+            **fields,
+        )
+        return f"wrote {out} (report.html); evaluate it with: lmscope sae eval {out}"
+    if action == "eval":
+        result = eval_run(out, model, load_tokens(eval_dataset, corpus, model, "test"), n_contexts=n_contexts)
+        m = result.metrics
+        return (
+            f"explained variance {m['explained_variance']:.3f}, loss recovered {m['loss_recovered']:.3f}, "
+            f"L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, KL {m['kl']:.4f} -> {out / METRICS_FILE}"
+        )
+    if action == "features":
+        data = None if the_store else load_tokens(dataset, corpus, model, "train")
+        features_run(out, model, store=the_store, dataset=data, n_tokens=n_tokens, ablate=ablate)
+        return f"wrote {out / STATS_FILE} and {out / 'features'}/*.json; report: {out / 'report.html'}"
+    raise ValueError(f"unknown sae action {action!r}: train, eval or features")
