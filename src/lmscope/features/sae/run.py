@@ -224,30 +224,38 @@ def report_html(out_dir) -> str:
             sections.append(
                 ("", histogram(alive.log10(), bins=40, xlabel="log10 density", ylabel="features"))
             )
-        rows = []
-        for page_file in sorted((out / "features").glob("*.json"))[:1]:
-            cards = read_json(page_file)["cards"]
-            top = sorted(cards, key=lambda c: -c["density"])[:25]
-            for c in top:
-                rows.append(
-                    {
-                        "feature": c["index"],
-                        "title": c["title"],
-                        "density": c["density"],
-                        "max act": c["max_act"],
-                        "promotes": " ".join(t for t, _ in c["promoted"][:5]),
-                        "ablation Δloss": (c.get("ablation") or {}).get("loss_delta", {}).get("all"),
-                    }
-                )
+        rows = [_card_row(card) for card in _cards(out, density.argsort(descending=True)[:25].tolist())]
         if rows:
             sections.append(
-                (
-                    "Densest features of the first page (all cards: features/*.json)",
-                    table(rows, float_format="{:.4g}"),
-                )
+                ("The densest features (every card: features/*.json)", table(rows, float_format="{:.4g}"))
             )
     title = f"SAE {record.get('site', '')} ({cfg.get('architecture', record['architecture'])}, {record['d_sae']} features)"
     return page(title, sections, subtitle=record.get("model", ""))
+
+
+def _cards(out: Path, indices: list[int]) -> list[dict]:
+    """The cards of `indices` from the features/NNNNN.json pages (each page read once)."""
+    pages: dict[int, list[dict]] = {}
+    cards = []
+    for i in indices:
+        path = out / "features" / f"{i // PAGE:05d}.json"
+        if i // PAGE not in pages:
+            pages[i // PAGE] = read_json(path)["cards"] if path.is_file() else []
+        page_cards = pages[i // PAGE]
+        if i % PAGE < len(page_cards):
+            cards.append(page_cards[i % PAGE])
+    return cards
+
+
+def _card_row(card: dict) -> dict:
+    return {
+        "feature": card["index"],
+        "title": card["title"],
+        "density": card["density"],
+        "max act": card["max_act"],
+        "promotes": " ".join(t for t, _ in card["promoted"][:5]),
+        "ablation Δloss": (card.get("ablation") or {}).get("loss_delta", {}).get("all"),
+    }
 
 
 def finish(out_dir) -> Path:
