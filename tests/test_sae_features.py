@@ -222,3 +222,10 @@ def test_parse_count():
     assert [parse_count(s) for s in ("2M", "500k", "4096", "1.5m")] == [2_000_000, 500_000, 4096, 1_500_000]
     with pytest.raises(ValueError, match="count"):
         parse_count("lots")
+
+
+def test_cli_needs_a_run_folder(capsys):
+    from lmscope.cli import main
+
+    assert main(["sae", "eval"]) == 2
+    assert "needs a run folder" in capsys.readouterr().err
