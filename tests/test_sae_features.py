@@ -184,19 +184,20 @@ def test_compare_an_sae_with_itself_and_attribution_by_hand(tiny_llama):
 
 def test_run_folder_train_eval_features(tiny_llama, tmp_path):
     ds = dataset(n_ctx=40)
-    out = train_run(
-        tmp_path / "run",
-        tiny_llama,
-        SITE,
-        "topk",
-        expansion=2,
-        tokens="2k",
-        dataset=ds,
-        k=4,
-        batch_size=64,
-        lr=1e-3,
-        progress=False,
-    )
+    with pytest.warns(UserWarning, match="more than one epoch"):  # 2k tokens from a tiny dataset
+        out = train_run(
+            tmp_path / "run",
+            tiny_llama,
+            SITE,
+            "topk",
+            expansion=2,
+            tokens="2k",
+            dataset=ds,
+            k=4,
+            batch_size=64,
+            lr=1e-3,
+            progress=False,
+        )
     for name in (
         "cfg.json",
         "sae_weights.safetensors",

@@ -253,6 +253,7 @@ def _cmd_sae(args) -> None:
             tokens=args.tokens,
             batch_size=args.batch_size,
             lr=args.lr,
+            dead_tokens=args.dead_tokens,
             seed=args.seed,
             store=args.store,
             corpus=args.corpus,
@@ -279,6 +280,7 @@ def _sae_args(sub) -> None:
     p.add_argument("--tokens", default="2M", help="training tokens, e.g. 500k or 2M (default 2M)")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--dead-tokens", default="1M", help="a feature silent this long is dead (default 1M)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", help="an activation store folder holding the site (else run the model)")
     p.add_argument("--corpus", help="corpus folder (default: <cache>/corpora/default)")

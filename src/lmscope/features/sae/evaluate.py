@@ -187,7 +187,7 @@ class SAEEval:
             "explained_variance": "explained variance",
             "mse": "MSE (per element)",
             "l0": "L0 (features per token)",
-            "dead_fraction": "dead fraction",
+            "dead_fraction": f"dead fraction (never fired on these {self.metrics.get('n_tokens', '?')} tokens)",
             "ultralow_fraction": f"ultralow fraction (density < {self.metrics.get('ultralow_threshold', ULTRALOW):g})",
             "dense_fraction": "dense fraction (density > 1%)",
             "ce_clean": "CE clean",

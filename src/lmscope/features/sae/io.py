@@ -84,9 +84,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, log: list[dict] | None = None) -
         "norm_scaling_factor_folded": cfg.norm_scale,
         "lmscope_config": cfg.to_dict(),
     }
-    if sae.architecture == "topk":
-        record["k"] = cfg.k
-    elif isinstance(cfg, TopKConfig):  # BatchTopK: the mean L0 it was trained for
+    if isinstance(cfg, TopKConfig):  # BatchTopK too: the mean L0 it was trained for
         record["k"] = cfg.k
     write_bytes_atomic(path / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
     write_json(path / CFG_FILE, record)

@@ -298,6 +298,7 @@ def sae_command(
     tokens: str = "2M",
     batch_size: int = 4096,
     lr: float = 3e-4,
+    dead_tokens: str = "1M",
     seed: int = 0,
     store: str | None = None,
     corpus: str | None = None,
@@ -334,7 +335,7 @@ def sae_command(
     if action == "train":
         if not site:
             raise ValueError("sae train needs --site, e.g. --site blocks.12.resid_post")
-        fields = {"batch_size": batch_size, "lr": lr, "seed": seed}
+        fields = {"batch_size": batch_size, "lr": lr, "seed": seed, "dead_tokens": parse_count(dead_tokens)}
         if arch in ("topk", "batchtopk"):
             fields["k"] = k
         elif l1 is not None:

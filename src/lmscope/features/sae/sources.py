@@ -147,7 +147,6 @@ class ModelSource:
             raise ValueError(f"{n_ctx} contexts cannot be shared among {self.world} processes")
         self._chunks: OrderedDict[tuple[int, int], Tensor] = OrderedDict()
         self._plan: dict[int, list[tuple[int, int]]] = {}  # epoch -> [(chunk, n_batches)]
-        self.d = None
 
     def _contexts(self, epoch: int) -> Tensor:
         order = torch.randperm(len(self.dataset), generator=_generator(self.seed, epoch))
@@ -184,9 +183,7 @@ class ModelSource:
             )
             act = cache[self.site].float()
             rows.append(act.reshape(*act.shape[:2], -1)[self._real(part)])
-        out = torch.cat(rows)
-        self.d = out.shape[1]
-        return out
+        return torch.cat(rows)
 
     def _chunk(self, epoch: int, chunk: int) -> Tensor:
         key = (epoch, chunk)
