@@ -34,7 +34,7 @@ from lmscope.cli import main
 from lmscope.data.store import harvest
 from lmscope.data.tokens import tokenize_corpus
 from lmscope.features.neurons import vocab_projection
-from lmscope.report.runs import read_run
+from lmscope.runs import read_run
 
 from .conftest import tiny_hf, word_tokenizer
 

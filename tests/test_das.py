@@ -92,7 +92,7 @@ def test_das_result_beats_random_and_saves(tiny_llama, tmp_path):
     assert result.train.mean_logit_diff < min(r.mean_logit_diff for r in result.random)
     run = result.save(tmp_path / "run", model_name="tiny")
     assert torch.equal(load_subspace(run), result.basis)
-    assert ls.report.runs.read_run(run)["kind"] == "das"
+    assert ls.runs.read_run(run)["kind"] == "das"
     assert "DAS patching" in (run / "report.html").read_text()
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 import lmscope as ls
 from lmscope.explorer import create_app, export_page
 from lmscope.report import page, save_page
-from lmscope.report.runs import write_json, write_run
+from lmscope.runs import write_json, write_run
 
 from .conftest import WORDS, tiny_hf, word_tokenizer
 

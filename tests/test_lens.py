@@ -23,7 +23,7 @@ from lmscope.circuits.lens import (
 )
 from lmscope.circuits.lens_report import write_lens_run
 from lmscope.cli import main
-from lmscope.report.runs import read_run
+from lmscope.runs import read_run
 
 from .conftest import VOCAB, WORDS, tiny_hf, word_tokenizer
 

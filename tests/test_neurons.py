@@ -184,7 +184,7 @@ def _write_corpus(folder, n_docs: int = 8):
 def test_probe_and_neurons_run_folders(tiny_llama, tmp_path):
     from lmscope.features.neuron_report import run_neurons
     from lmscope.features.probe_report import run_probe
-    from lmscope.report.runs import read_json, read_run
+    from lmscope.runs import read_json, read_run
 
     corpus = _write_corpus(tmp_path / "corpus")
     kw = dict(corpus=corpus, ctx_len=24, progress=False)

@@ -308,21 +308,8 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("lmscope.report.svg.os.replace", broken_replace)
+    monkeypatch.setattr("lmscope.runs.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         save_page("new", path)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
-
-
-def test_run_json_writes_nan_as_null_and_marks_runs(tmp_path):
-    from lmscope.report.runs import find_runs, read_json, read_run, write_json, write_run
-
-    write_json(tmp_path / "r" / "x.json", {"a": float("nan"), "b": [1.0, float("inf"), (2, float("-inf"))]})
-    assert read_json(tmp_path / "r" / "x.json") == {"a": None, "b": [1.0, None, [2, None]]}
-    with pytest.raises(FileNotFoundError, match="not an lmscope run"):
-        read_run(tmp_path / "r")
-    write_run(tmp_path / "r", "audit", "t", model="m", site="s")
-    assert read_run(tmp_path / "r")["site"] == "s" and [p.name for p, _ in find_runs(tmp_path)] == ["r"]
-    with pytest.raises(ValueError, match="unknown run kind"):
-        write_run(tmp_path / "q", "nope", "t")

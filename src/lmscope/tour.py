@@ -75,7 +75,7 @@ def run_tour(
     from .features.neuron_report import run_neurons
     from .features.sae.run import features_run, train_run
     from .model import cache_root
-    from .report.runs import write_run
+    from .runs import write_run
 
     root = Path(root) if root is not None else cache_root() / "tour"
     start = time.perf_counter()

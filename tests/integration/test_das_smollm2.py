@@ -8,7 +8,7 @@ import pytest
 
 from lmscope.causal.das_report import run_das_audit
 from lmscope.cli import main
-from lmscope.report.runs import read_run
+from lmscope.runs import read_run
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmscope.report.runs import find_runs
+from lmscope.runs import find_runs
 from lmscope.tour import run_tour
 
 pytestmark = pytest.mark.integration

@@ -148,7 +148,7 @@ class AuditResult:
     def save(self, run_dir: str | Path, model_name: str = "") -> Path:
         """A run folder (kind "audit"): audit.json, report.html, run.json."""
         from ..report import save_page
-        from ..report.runs import write_json, write_run
+        from ..runs import write_json, write_run
 
         run_dir = Path(run_dir)
         write_json(run_dir / "audit.json", self.to_dict())

@@ -96,17 +96,14 @@ class DASResult:
 
     def save(self, run_dir: str | Path, model_name: str = "") -> Path:
         """A run folder (kind "das"): subspace.safetensors, das.json, report.html, run.json."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         from ..report import save_page
-        from ..report.runs import write_bytes_atomic, write_json, write_run
+        from ..runs import write_atomic, write_json, write_run
 
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".subspace.safetensors.tmp"
-        save_file({"basis": self.basis.contiguous()}, str(tmp), metadata={"site": self.site})
-        write_bytes_atomic(run_dir / "subspace.safetensors", tmp.read_bytes())
-        tmp.unlink()
+        basis = save({"basis": self.basis.contiguous()}, metadata={"site": self.site})
+        write_atomic(run_dir / "subspace.safetensors", basis)
         write_json(run_dir / "das.json", self.to_dict())
         save_page(self.to_html(), run_dir / "report.html")
         write_run(run_dir, "das", f"DAS at {self.site}", model=model_name, site=self.site)

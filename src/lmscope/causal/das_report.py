@@ -67,7 +67,7 @@ def run_das_audit(
     """Train DAS at `site` (unless `subspace` is given: a tensor, a saved DAS run, or a name in DIRECTIONS),
     audit the subspace on held-out data, and write one run folder with report.html."""
     from ..report import save_page
-    from ..report.runs import write_json, write_run
+    from ..runs import write_json, write_run
 
     train, test = ioi_position_tasks(model, n, n_test, seed)
     das_result = None

@@ -9,8 +9,7 @@ import torch
 from safetensors.torch import save
 
 from ..report import Text, bar_chart, heatmap, page, save_page, table
-from ..report.runs import KINDS as RUN_KINDS
-from ..report.runs import write_bytes_atomic, write_json, write_run
+from ..runs import write_atomic, write_json, write_run
 from .composition import KINDS, composition_scores, virtual_weights
 from .qkov import (
     copying_score_of,
@@ -90,14 +89,13 @@ def write_circuits_run(
     comp = composition_scores(model)
     details = [_head_detail(model, spec, ids, present, resid, comp, offset, data) for spec in heads]
     write_json(out / "copying.json", {k: v.tolist() if torch.is_tensor(v) else v for k, v in data.items()})
-    write_bytes_atomic(out / "composition.safetensors", save({k: comp.get(k).contiguous() for k in KINDS}))
+    write_atomic(out / "composition.safetensors", save({k: comp.get(k).contiguous() for k in KINDS}))
     top = {kind: comp.top(kind, 20) for kind in KINDS}
     summary = {"baseline": comp.baseline, "baseline_std": comp.baseline_std, "top": top}
     write_json(out / "composition.json", summary)
     write_json(out / "heads.json", details)
     save_page(_page(model, data, comp, top, details, offset), out / "report.html")
-    kind = "circuits" if "circuits" in RUN_KINDS else "lens"  # until report.runs lists a "circuits" kind
-    write_run(out, kind, "QK/OV circuits and composition", model=model.cfg.name, analysis="circuits",
+    write_run(out, "circuits", "QK/OV circuits and composition", model=model.cfg.name, analysis="circuits",
               heads=[d["head"] for d in details], tokens=data["tokens"], offset=offset)  # fmt: skip
     return out
 

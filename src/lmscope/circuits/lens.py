@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..report.runs import read_json, write_bytes_atomic, write_json
+from ..runs import read_json, write_atomic, write_json
 
 LENS_WEIGHTS, LENS_CONFIG = "tuned_lens.safetensors", "tuned_lens.json"
 
@@ -76,7 +76,7 @@ class TunedLens(nn.Module):
         """Write tuned_lens.safetensors + tuned_lens.json into `folder` (each via a temporary file)."""
         folder = Path(folder)
         tensors = {"delta": self.delta.detach().contiguous(), "bias": self.bias.detach().contiguous()}
-        write_bytes_atomic(folder / LENS_WEIGHTS, save(tensors))
+        write_atomic(folder / LENS_WEIGHTS, save(tensors))
         config = {"sites": self.sites, "d_model": self.delta.shape[-1], "model": self.model_name, **self.info}
         write_json(folder / LENS_CONFIG, config)
         return folder
@@ -302,7 +302,7 @@ def _train_steps(model, cache, cfg, lens, opt, step, losses, checkpoint, bar):
 def _save_checkpoint(path: Path, lens, opt, cfg: TrainConfig, step: int, losses: list[float]) -> None:
     buffer = io.BytesIO()
     torch.save({"lens": lens.state_dict(), "opt": opt.state_dict()}, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
     meta = {"step": step, "losses": losses, "cfg": asdict(cfg), "sites": lens.sites}
     write_json(path.with_suffix(".json"), meta)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..report import Text, heatmap, line_chart, page, save_page, table
-from ..report.runs import write_json, write_run
+from ..runs import write_json, write_run
 from .lens import (
     PromptLens,
     TrainConfig,

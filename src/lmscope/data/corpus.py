@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..report import Text, page, save_page, table
-from ..report.runs import read_json, write_bytes_atomic, write_json, write_run
+from ..runs import read_json, write_atomic, write_json, write_run
 from .document import SPLITS, Document, doc_digest
 from .sources import Source, apt_command, builtin_sources, hf_dataset, jsonl_file, text_files
 
@@ -82,7 +82,7 @@ def build_corpus(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in docs)
-    write_bytes_atomic(out / DOCS_FILE, lines.encode("utf-8"))
+    write_atomic(out / DOCS_FILE, lines.encode("utf-8"))
     manifest = _manifest(docs, sources, used, missing, seconds=time.perf_counter() - start)
     manifest["settings"] = dict(
         labels=wanted,

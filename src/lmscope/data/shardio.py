@@ -8,7 +8,6 @@ ordinary safetensors file (any safetensors reader opens it); the reader here map
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import struct
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..runs import AtomicFile
 
 # torch dtype -> (safetensors name, numpy dtype holding the same bytes)
 DTYPES = {
@@ -27,10 +28,6 @@ DTYPES = {
 }
 _BY_NAME = {name: dtype for dtype, (name, _) in DTYPES.items()}
 KEY = "acts"  # the tensor's name inside each file
-
-
-def temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
 
 
 class RowWriter:
@@ -55,9 +52,8 @@ class RowWriter:
         }
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # safetensors wants the data 8-byte aligned
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(temp_name(self.path), "wb")  # noqa: SIM115 (closed in close/abort)
-        self._file.write(struct.pack("<Q", len(text)) + text)
+        self._out = AtomicFile(self.path)  # renamed into place by close(), removed by abort()
+        self._out.file.write(struct.pack("<Q", len(text)) + text)
 
     def write(self, rows: Tensor) -> None:
         if rows.dtype != self.dtype or tuple(rows.shape[1:]) != self.row_shape:
@@ -71,21 +67,17 @@ class RowWriter:
         rows = rows.detach().contiguous().cpu()
         if rows.dtype == torch.bfloat16:
             rows = rows.view(torch.int16)
-        self._file.write(memoryview(rows.numpy()).cast("B"))  # the tensor's own bytes, no copy
+        self._out.file.write(memoryview(rows.numpy()).cast("B"))  # the tensor's own bytes, no copy
         self.written += rows.shape[0]
 
     def close(self) -> Path:
         if self.written != self.n_rows:
             self.abort()
             raise ValueError(f"{self.path.name}: got {self.written} rows, expected {self.n_rows}")
-        self._file.close()
-        os.replace(temp_name(self.path), self.path)
-        return self.path
+        return self._out.commit()
 
     def abort(self) -> None:
-        self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name(self.path))
+        self._out.discard()
 
 
 def map_rows(path: str | os.PathLike) -> Tensor:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..model.loading import _dtype as as_torch_dtype
-from ..report.runs import read_json, write_bytes_atomic, write_json, write_run
+from ..runs import read_json, write_atomic, write_json, write_run
 from .shardio import RowWriter
 from .store_reader import FORMAT, MANIFEST, TOKEN_FIELDS, TOKENS, ActivationStore, shard_path
 from .tokens import TokenDataset, tokenizer_hash
@@ -260,7 +260,7 @@ class _ShardSink:
         self._drain()
         info = torch.cat(self.info)
         tensors = {f: info[:, j].contiguous() for j, f in enumerate(TOKEN_FIELDS)}
-        write_bytes_atomic(shard_path(self.out, TOKENS, self.shard), save(tensors))
+        write_atomic(shard_path(self.out, TOKENS, self.shard), save(tensors))
         for w in self.writers.values():
             w.close()
         start = self.shard * self.manifest["shard_tokens"]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..model.loading import _dtype as as_torch_dtype
-from ..report.runs import read_json
+from ..runs import read_json
 from .shardio import map_rows
 
 MANIFEST = "manifest.json"

@@ -101,7 +101,7 @@ class TokenDataset:
         """One safetensors file (tensors + label names, doc keys and meta as metadata), written atomically."""
         from safetensors.torch import save
 
-        from ..report.runs import write_bytes_atomic
+        from ..runs import write_atomic
 
         metadata = {
             "label_names": json.dumps(self.label_names),
@@ -109,7 +109,7 @@ class TokenDataset:
             "meta": json.dumps(self.meta),
         }
         data = save({name: getattr(self, name).contiguous() for name in _PER_TOKEN}, metadata=metadata)
-        return write_bytes_atomic(path, data)
+        return write_atomic(path, data)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TokenDataset:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..report.runs import RUN_FILE, find_runs
+from ..runs import RUN_FILE, find_runs
 
 PAGE_SIZE = 256  # SAE cards per features/NNNNN.json file (the contract of SAE runs)
 UNIT_KINDS = ("neurons", "sae")

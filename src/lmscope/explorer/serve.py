@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from ..report.runs import write_bytes_atomic
+from ..runs import write_atomic
 from .app import Explorer, create_app
 from .data import NotFound
 
@@ -39,7 +39,7 @@ def export_page(root: str | Path, page: str, out: str | Path, model=None) -> Pat
     ``?text=`` (its live activations are computed and written in)."""
     app = create_app(root, model=model)
     html = render_page(app.state.explorer, page, export=True)
-    return write_bytes_atomic(out, html.encode("utf-8"))
+    return write_atomic(out, html.encode("utf-8"))
 
 
 def serve(

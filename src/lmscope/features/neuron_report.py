@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..report import Text, bar_chart, line_chart, page, save_page, table
-from ..report.runs import read_json, write_json, write_run
+from ..runs import read_json, write_json, write_run
 from .neurons import SITE_KIND, ablation_effects, superposition_fingerprint, unit_activations, unit_cards
 from .probe_report import _layers
 from .runs import cached_document_means, corpus_splits, example_html, features_of, targets

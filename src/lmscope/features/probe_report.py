@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..data.tokens import tokenize_corpus
 from ..report import Text, line_chart, page, save_page, table
-from ..report.runs import write_json, write_run
+from ..runs import write_json, write_run
 from .basis import basis_kurtosis_by_site
 from .collect import bigram_examples, frequent_bigram, token_activations
 from .runs import cached_document_means, corpus_splits, features_of, targets

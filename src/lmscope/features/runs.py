@@ -15,7 +15,7 @@ import torch
 from ..data.corpus import build_corpus, default_corpus_dir, load_corpus
 from ..data.sources import CODE_LANGUAGES
 from ..data.tokens import TokenDataset, tokenize_corpus
-from ..report.runs import write_bytes_atomic
+from ..runs import write_atomic
 from .collect import DocumentMeans, document_means
 
 CODE_FEATURE = "code"
@@ -98,7 +98,7 @@ def cached_document_means(
         if doc is not None:
             if candidate != path:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_bytes_atomic(path, Path(candidate).read_bytes())
+                write_atomic(path, Path(candidate).read_bytes())
             return doc
     doc = document_means(model, dataset, sites, sample_tokens=sample_tokens, progress=progress)
     # The token sample only feeds kurtosis statistics: kept in half precision (half the file), and
@@ -112,7 +112,7 @@ def cached_document_means(
         **{f"sample/{s}": t.half().contiguous() for s, t in doc.sample.items()},
     }
     meta = {"key": key, "label_names": json.dumps(doc.label_names), "sample_tokens": str(sample_tokens)}
-    write_bytes_atomic(path, save(tensors, metadata=meta))
+    write_atomic(path, save(tensors, metadata=meta))
     return doc
 
 

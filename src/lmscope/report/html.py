@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .svg import Figure, _esc, _write_atomic
+from ..runs import write_atomic
+from .svg import Figure, _esc
 
 CSS = """
 :root { color-scheme: light; }
@@ -147,4 +148,4 @@ def page(title: str, sections: list[tuple[str, object]], subtitle: str = "") -> 
 
 def save_page(html: str, path: str | os.PathLike) -> Path:
     """Write ``html`` to ``path`` (parent folders are created) via a temporary file and a rename."""
-    return _write_atomic(path, html)
+    return write_atomic(path, html)

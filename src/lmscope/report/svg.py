@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runs import write_atomic
+
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
 DIVERGING = ["#2166ac", "#67a9cf", "#d1e5f0", "#f7f7f7", "#fddbc7", "#ef8a62", "#b2182b"]  # ColorBrewer RdBu
 SEQUENTIAL = ["#f7fbff", "#c6dbef", "#6baed6", "#2171b5", "#08306b"]  # ColorBrewer Blues
@@ -46,19 +48,12 @@ class Figure:
         if path.suffix.lower() in (".html", ".htm"):
             from .html import page  # html.py imports this module, so import it only when needed
 
-            return _write_atomic(path, page(self.title or path.stem, [("", self)]))
-        return _write_atomic(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + _standalone_svg(self.svg))
+            return write_atomic(path, page(self.title or path.stem, [("", self)]))
+        return write_atomic(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + _standalone_svg(self.svg))
 
 
 def _standalone_svg(svg: str) -> str:
     return svg.replace("<svg ", f"<svg {_XMLNS} ", 1)
-
-
-def _write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it: never a half-written file."""
-    from .runs import write_bytes_atomic
-
-    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..report import Text, heatmap, line_chart, page, save_page, table
-from ..report.runs import write_json, write_run
+from ..runs import write_json, write_run
 from . import measures as M
 from . import plots
 from .compute import AbsSweep, abs_sweep

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from ...model.sites import canonical
-from ...report.runs import write_bytes_atomic, write_json
+from ...runs import write_atomic, write_json
 from .config import BatchTopKConfig, StandardConfig, TopKConfig, config_from_dict
 from .model import SAE
 
@@ -86,7 +86,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, log: list[dict] | None = None) -
     }
     if isinstance(cfg, TopKConfig):  # BatchTopK too: the mean L0 it was trained for
         record["k"] = cfg.k
-    write_bytes_atomic(path / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
+    write_atomic(path / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
     write_json(path / CFG_FILE, record)
     if log is not None:
         write_json(path / LOG_FILE, log)

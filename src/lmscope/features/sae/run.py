@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ...report import Text, histogram, line_chart, page, save_page, table
-from ...report.runs import read_json, write_json, write_run
+from ...runs import read_json, write_json, write_run
 from . import distributed as D
 from .config import sae_config
 from .evaluate import SAEEval, evaluate_sae

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ...runs import AtomicFile
 from . import distributed as D
 from .config import BatchTopKConfig, SAEConfig, StandardConfig, TopKConfig
 from .model import SAE, Codes, decode_codes, selected_pre
@@ -216,16 +217,14 @@ class Trainer:
             return
         if self.rank == 0:
             self.state.threshold_guess = self.objective.threshold_guess
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.out_dir / f".{CHECKPOINT}.tmp"
             payload = {
                 "cfg": self.cfg.to_dict(),
                 "sae": self.sae.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "state": vars(self.state),
             }
-            torch.save(payload, tmp)
-            os.replace(tmp, self.out_dir / CHECKPOINT)
+            with AtomicFile(self.out_dir / CHECKPOINT) as f:
+                torch.save(payload, f)
         D.barrier()
 
     # ---- schedules ---------------------------------------------------------------------------------------
