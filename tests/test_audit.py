@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from lmscope.causal.audit import audit
+from lmscope.causal.audit import MIN_EFFECT, audit
 from lmscope.causal.das import das
 from lmscope.causal.subspace import SiteProblem, evaluate, interchange, split_direction
 
@@ -101,3 +101,53 @@ def test_das_on_the_example_finds_a_working_direction():
     result = das(toy_problem(), k=1, epochs=60, lr=0.05, batch_size=2, n_random=0, progress=False)
     assert result.train.iia == 1.0 and result.train.fldd > 1.0
     assert abs(float(result.basis.norm()) - 1.0) < 1e-5
+
+
+E2 = torch.tensor([0.0, 1.0, 0.0])  # neuron 2: active (h2 = x) but W_out reads nothing of it
+
+
+def test_audit_calls_an_unread_neuron_no_effect():
+    """Patching e2 changes nothing downstream (y = h1 + 2 h3 ignores h2): the audit must not approve it."""
+    problem = toy_problem()
+    patched = interchange(problem.base, problem.source, E2[:, None])
+    assert torch.equal(patched @ W_OUT, problem.base @ W_OUT)  # by hand: the output is untouched
+    result = audit(problem, subspace=E2)
+    v = {row["patch"]: row for row in result.table()}["v"]
+    assert v["fldd"] == pytest.approx(0.0, abs=1e-6) and v["flipped"] == 0.0
+    assert result.verdict == "no effect"
+    assert result.reasons and result.reasons[0].startswith("effect:")
+    effect = result.check("effect")
+    assert effect.status == "no effect" and effect.values["fldd"] == pytest.approx(0.0, abs=1e-6)
+    # the checks that explain an effect cannot run without one: n/a, never pass
+    for name in ("component", "row_space", "dormancy", "neurons", "random_directions"):
+        assert result.check(name).status == "n/a", name
+    assert "pass" not in {c.status for c in result.checks if c.name != "agreement"}
+
+
+def _nan_values(check) -> bool:
+    return any(isinstance(x, float) and math.isnan(x) for x in check.values.values())
+
+
+@pytest.mark.parametrize("direction", [E1, V, E2], ids=["e1", "v", "e2"])
+def test_no_check_passes_on_numbers_it_could_not_compute(direction):
+    for check in audit(toy_problem(), subspace=direction).checks:
+        assert not (check.status == "pass" and _nan_values(check)), (check.name, check.values)
+
+
+def test_the_minimum_effect_is_the_documented_threshold():
+    """v = (eps, 1, 0) / |.|: patching moves y by -2x eps (1 + eps) / (1 + eps^2), so the fraction of the
+    logit difference lost is f(eps) = 2 eps (1 + eps) / (1 + eps^2). Just below MIN_EFFECT: no effect;
+    just above: the audit judges it."""
+    fldd = lambda eps: 2 * eps * (1 + eps) / (1 + eps**2)  # noqa: E731
+    for eps, expect_effect in ((0.045, False), (0.06, True)):
+        assert (fldd(eps) >= MIN_EFFECT) == expect_effect  # the two cases straddle the threshold
+        result = audit(toy_problem(), subspace=torch.tensor([eps, 1.0, 0.0]))
+        assert result.check("effect").values["fldd"] == pytest.approx(fldd(eps), rel=1e-4)
+        assert (result.verdict != "no effect") == expect_effect, result.reasons
+        assert result.check("effect").status == ("pass" if expect_effect else "no effect")
+
+
+def test_audit_docstring_documents_the_minimum_effect():
+    import lmscope.causal.audit as audit_module
+
+    assert "MIN_EFFECT" in audit_module.__doc__ and "no effect" in audit_module.__doc__

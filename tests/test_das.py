@@ -1,10 +1,13 @@
 """Subspace patching and DAS on tiny models, checked against full forwards with the core's interventions."""
 
+import copy
+
 import pytest
 import torch
 
 import lmscope as ls
-from lmscope.causal.controls import random_mlp
+from lmscope.causal.audit import audit
+from lmscope.causal.controls import RANDOM_WEIGHT_SHARE, random_mlp
 from lmscope.causal.das import das, load_subspace, random_subspaces, train_subspace
 from lmscope.causal.subspace import (
     evaluate,
@@ -15,6 +18,8 @@ from lmscope.causal.subspace import (
     read_out_matrix,
     site_problem,
 )
+from lmscope.data.tasks.contrast import ContrastTask
+from tests.conftest import tiny_hf, word_tokenizer
 from tests.test_sweep import toy_task
 
 SITES = ["blocks.1.resid_post", "blocks.1.mlp.post", "blocks.2.resid_pre", "blocks.0.attn.out"]
@@ -150,19 +155,112 @@ def test_read_out_kernel_is_invisible_to_the_readers(tiny_llama):
     silent = silent - q @ (q.T @ silent)  # a neuron pattern W_out maps to nothing
     with torch.no_grad():
         assert (silent @ w.W_out(1)).abs().max() < 1e-5
-    with pytest.raises(ValueError, match="L.H"):
+    with pytest.raises(ValueError, match="'nonsense'"):
         read_out_matrix(tiny_llama, "blocks.0.resid_post", readers=["nonsense"])
     with pytest.raises(ValueError, match="vector site"):
         site_problem(tiny_llama, toy_task(tiny_llama), "blocks.1.attn.z")
 
 
-def test_random_mlp_keeps_norms_and_restores(tiny_llama):
-    w = tiny_llama.weights
-    before = [m.detach().clone() for m in (w.W_in(1), w.W_gate(1), w.W_out(1))]
-    with random_mlp(tiny_llama, 1, seed=0):
-        inside = [w.W_in(1), w.W_gate(1), w.W_out(1)]
-        for b, m in zip(before, inside):
-            assert float(m.norm()) == pytest.approx(float(b.norm()), rel=1e-4)
-            assert not torch.allclose(b, m)
-    for b, m in zip(before, (w.W_in(1), w.W_gate(1), w.W_out(1))):
-        assert torch.equal(b, m)
+def _state(model) -> dict:
+    return {name: t.detach().clone() for name, t in model.hf.state_dict().items()}
+
+
+def _same_state(model, state) -> bool:
+    now = model.hf.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[name], t) for name, t in state.items())
+
+
+def test_random_mlp_keeps_norms_and_restores(tiny):
+    """On every architecture: inside, the Hugging Face MLP parameters themselves are random with their norms
+    kept (the views write through); after, every parameter is bit-exact, also when the block raises."""
+    w, before = tiny.weights, _state(tiny)
+    mats = lambda: [m for m in (w.W_in(1), w.W_gate(1), w.W_out(1)) if m is not None]  # noqa: E731
+    norms = [float(m.detach().norm()) for m in mats()]
+    with random_mlp(tiny, 1, seed=0):
+        changed = [name for name, t in tiny.hf.state_dict().items() if not torch.equal(t, before[name])]
+        assert changed and all(".1." in name for name in changed)  # layer 1's MLP only
+        assert len(changed) >= len(norms)
+        for norm, m in zip(norms, mats()):
+            assert float(m.norm()) == pytest.approx(norm, rel=1e-4)
+    assert _same_state(tiny, before)
+    with pytest.raises(RuntimeError, match="inside"):
+        with random_mlp(tiny, 1, seed=0):
+            raise RuntimeError("failure inside the block")
+    assert _same_state(tiny, before)
+
+
+# ------------------------------------------------------------------ the audit's random-weight control, end to end
+
+SITE = "blocks.1.mlp.post"
+
+
+def _mlp_model() -> ls.Model:
+    """tiny-llama with layer 1's MLP scaled up: at the default init it barely moves the logits, and a
+    subspace of it must have an effect for the audit to run its controls."""
+    hf = tiny_hf("llama")
+    with torch.no_grad():
+        mlp = hf.model.layers[1].mlp
+        for lin in (mlp.up_proj, mlp.gate_proj, mlp.down_proj):
+            lin.weight.mul_(10.0)
+    return ls.Model(hf, word_tokenizer(), name="tiny-llama-mlp")
+
+
+def _model_answers_task(model, n=12, seed=0) -> ContrastTask:
+    """toy_task with the model's own top tokens as answer (clean) and wrong (corrupt)."""
+    task = toy_task(model, n=n, pos=6, seed=seed, changed=(1, 2, 3))
+    with torch.no_grad():
+        answer = model.run(task.inputs("clean"))[:, -1].argmax(-1)
+        wrong = model.run(task.inputs("corrupt"))[:, -1].argmax(-1)
+    return ContrastTask(task.clean, task.corrupt, answer, wrong, name="toy")
+
+
+def _randomise_by_hand(hf, layer: int, seed: int) -> None:
+    """The control's documented random MLP, built on the Hugging Face modules: Gaussian draws for W_in (up),
+    W_gate (gate), W_out (down) in that order, each [in, out], rescaled to the matrix's Frobenius norm."""
+    mlp = hf.model.layers[layer].mlp
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for lin in (mlp.up_proj, mlp.gate_proj, mlp.down_proj):
+            noise = torch.randn(lin.weight.T.shape, generator=gen)
+            lin.weight.copy_((noise * (lin.weight.norm() / noise.norm())).T)
+
+
+def test_random_weight_control_end_to_end():
+    model = _mlp_model()
+    task = _model_answers_task(model)
+    found = das(model, task, SITE, k=1, epochs=5, lr=0.05, batch_size=4, n_random=0, progress=False)
+    before = _state(model)
+    result = audit(model, task, SITE, subspace=found.basis, n_random=3, control_epochs=4, seed=0)
+    assert _same_state(model, before)  # the original weights are back, bit for bit
+    assert result.check("effect").status == "pass"
+    check = result.check("random_weights")
+    assert check.status in ("pass", "suspicious")  # it ran
+
+    # independently: the same search on a copy whose MLP is randomised by hand
+    twin = ls.Model(copy.deepcopy(model.hf), model.tokenizer, name="twin")
+    _randomise_by_hand(twin.hf, 1, seed=0)
+    control = das(twin, task, SITE, k=1, epochs=4, n_random=0, seed=0, progress=False).held_out.fldd
+    original = das(model, task, SITE, k=1, epochs=4, n_random=0, seed=0, progress=False).held_out.fldd
+    assert abs(control - original) > 1e-3  # the control searched another MLP than the model's
+    assert check.values["fldd_random_weights"] == pytest.approx(control, abs=1e-5)
+    share = control / result.check("effect").values["fldd"]
+    assert check.values["share"] == pytest.approx(share, rel=1e-4)
+    assert check.status == ("suspicious" if share >= RANDOM_WEIGHT_SHARE else "pass")
+
+
+def test_random_weight_control_restores_the_weights_when_the_search_raises(monkeypatch):
+    model = _mlp_model()
+    task = _model_answers_task(model)
+    found = das(model, task, SITE, k=1, epochs=5, lr=0.05, batch_size=4, n_random=0, progress=False)
+    before = _state(model)
+    seen = []
+
+    def failing_search(problem, *args, **kwargs):
+        seen.append(_same_state(model, before))  # the search runs inside the control: weights are random
+        raise RuntimeError("injected failure in the search")
+
+    monkeypatch.setattr("lmscope.causal.das.train_subspace", failing_search)
+    with pytest.raises(RuntimeError, match="injected failure"):  # the control runs: found has an effect
+        audit(model, task, SITE, subspace=found.basis, n_random=0, control_epochs=1, seed=0)
+    assert seen == [False]
+    assert _same_state(model, before)

@@ -5,6 +5,10 @@ v_kernel varies with the concept but nothing downstream reads it, v_row is read 
 (dormant), and patching along v bridges the two. `audit` runs the checks that expose this, each with its
 numbers and a documented threshold, and gives a verdict that cites the checks behind it:
 
+- effect:      patching the subspace must move the logit difference by at least MIN_EFFECT (10%) of the
+               clean one (|fldd| >= MIN_EFFECT, on the held-out task when given). Below it the verdict is
+               "no effect": there is no effect to explain, so the checks that explain one (component,
+               row_space, dormancy, neurons, controls) say "n/a" (their numbers are kept, not judged).
 - component:   the whole component patched vs the subspace. Suspicious when the subspace moves the logit
                difference more than COMPONENT_MARGIN beyond the whole component (fractions of the clean LD).
 - row_space:   v split against the downstream read-out weights. Suspicious when the read part alone keeps
@@ -17,21 +21,26 @@ numbers and a documented threshold, and gives a verdict that cites the checks be
                (overlap < OVERLAP_ILLUSORY), suspicious below OVERLAP_SUSPICIOUS.
 - controls:    random subspaces of the same dimension (suspicious when more than RANDOM_P of them move the
                logit difference as much) and, for MLP neurons, the same search in an MLP with random weights
-               of matched norms (suspicious when it reaches RANDOM_WEIGHT_SHARE of the subspace's effect).
+               of matched norms (suspicious when it reaches controls.RANDOM_WEIGHT_SHARE of the subspace's effect).
 - agreement:   cosines to the class-mean difference, a logistic probe and the metric's gradient
                (suspicious when all are below AGREEMENT_MIN).
-Verdict: illusory if a check says so, or if the component and row_space checks both fail (the paper's two
-warning signs together); suspicious if any check fails; consistent otherwise.
+Verdict: "no effect" below MIN_EFFECT; illusory if a check says so, or if the component and row_space
+checks both fail (the paper's two warning signs together); suspicious if any check fails; "untested" if the
+effect cannot be measured (a zero clean logit difference) or no check could run; consistent otherwise.
+A check that could not run, or whose numbers could not be computed, says "n/a", never "pass".
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from .controls import random_weight_check
+from .result import Check
 from .subspace import (
     PatchOutcome,
     SiteProblem,
@@ -53,18 +62,10 @@ OVERLAP_ILLUSORY = 0.25
 OVERLAP_SUSPICIOUS = 0.5
 QUIET = 0.1  # a neuron is silent / unread below this fraction of the median neuron's std / read-out norm
 RANDOM_P = 0.05
-RANDOM_WEIGHT_SHARE = 0.5
 AGREEMENT_MIN = 0.1
 MIN_EFFECT = 0.1  # below this fraction of the clean LD a subspace has no effect worth auditing
 MIN_RANDOM_DIM = 16  # random directions say nothing in a space this small
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # "pass", "suspicious", "illusory" or "n/a"
-    detail: str
-    values: dict = field(default_factory=dict)
+VERDICTS = ("consistent", "suspicious", "illusory", "no effect", "untested")
 
 
 @dataclass
@@ -101,6 +102,10 @@ class AuditResult:
 
         return page(f"Illusion audit at {self.site}", self.sections(), subtitle=f"verdict: {self.verdict}")
 
+    def _passed_text(self) -> str:
+        skipped = [c.name for c in self.checks if c.status == "n/a"]
+        return "every check that could run passed" + (f" (n/a: {', '.join(skipped)})" if skipped else "")
+
     def sections(self) -> list[tuple[str, object]]:
         """The report's sections (heading, content), for pages that combine several results."""
         from ..report import Text, histogram, table
@@ -108,7 +113,7 @@ class AuditResult:
         sections = [
             (
                 "Verdict",
-                Text(f"{self.verdict.upper()}: " + ("; ".join(self.reasons) or "every check passed")),
+                Text(f"{self.verdict.upper()}: " + ("; ".join(self.reasons) or self._passed_text())),
             ),
             (
                 "Patching (held out)",
@@ -190,13 +195,34 @@ def _wasserstein(a: Tensor, b: Tensor, grid: int = 101) -> float:
     return float((torch.quantile(a.float(), qs) - torch.quantile(b.float(), qs)).abs().mean())
 
 
+def _effect_check(v: PatchOutcome) -> Check:
+    """Does patching the subspace move the logit difference at all (|fldd| >= MIN_EFFECT)?"""
+    values = {"fldd": v.fldd, "flipped": v.flipped, "iia": v.iia, "min_effect": MIN_EFFECT}
+    moved = f"patching the subspace loses {v.fldd:.1%} of the logit difference (flipped {v.flipped:.0%})"
+    if not math.isfinite(v.fldd):
+        return Check("effect", "n/a", "the clean logit difference is zero: no fraction of it to lose", values)
+    if abs(v.fldd) < MIN_EFFECT:
+        return Check("effect", "no effect", f"{moved}, less than the minimum {MIN_EFFECT:.0%}", values)
+    return Check("effect", "pass", f"{moved}, iia {v.iia:.0%}", values)
+
+
+def _not_judged(check: Check, why: str) -> Check:
+    """The check's numbers without its judgement: they explain an effect the subspace does not have."""
+    if check.status == "n/a":
+        return check
+    return Check(check.name, "n/a", f"not judged ({why}); {check.detail}", check.values)
+
+
 def _component_check(full: PatchOutcome, v: PatchOutcome) -> Check:
+    values = {"fldd_subspace": v.fldd, "fldd_component": full.fldd}
+    if not (math.isfinite(v.fldd) and math.isfinite(full.fldd)):
+        return Check("component", "n/a", "the clean logit difference is zero", values)
     gap = v.fldd - full.fldd
     status = "suspicious" if gap > COMPONENT_MARGIN else "pass"
     detail = f"subspace loses {v.fldd:.0%} of the logit difference, the whole component {full.fldd:.0%}" + (
         " (the subspace is far stronger than its component)" if status != "pass" else ""
     )
-    return Check("component", status, detail, {"fldd_subspace": v.fldd, "fldd_component": full.fldd})
+    return Check("component", status, detail, values)
 
 
 def _row_check(problem: SiteProblem, row, kernel, v: PatchOutcome, v_row: PatchOutcome | None) -> Check:
@@ -208,8 +234,11 @@ def _row_check(problem: SiteProblem, row, kernel, v: PatchOutcome, v_row: PatchO
             "row_space", "n/a", f"the read-out ({problem.read_out_note}) spans the whole space", norms
         )
     row_fldd = 0.0 if v_row is None else v_row.fldd  # no read part at all: it keeps nothing
-    share = row_fldd / v.fldd if abs(v.fldd) > MIN_EFFECT else float("nan")
-    status = "suspicious" if share == share and share < ROW_SHARE else "pass"
+    share = row_fldd / v.fldd if abs(v.fldd) >= MIN_EFFECT else float("nan")
+    if not math.isfinite(share):
+        detail = "the subspace has no effect for its read part to keep"
+        return Check("row_space", "n/a", detail, {**norms, "row_share_of_effect": share})
+    status = "suspicious" if share < ROW_SHARE else "pass"
     detail = (
         f"|v_row| = {norms['norm_row']:.2f}, |v_kernel| = {norms['norm_kernel']:.2f} against "
         f"{problem.read_out_note}; the read part alone keeps {share:.0%} of the effect"
@@ -236,6 +265,8 @@ def _dormancy_check(problem, basis, row_unit, kernel_unit, projections) -> Check
         )
     if row_unit is None:
         return Check("dormancy", "n/a", "no read part to test", values)
+    if not all(math.isfinite(x) for x in values.values()):
+        return Check("dormancy", "n/a", "the projections' statistics could not be computed", values)
     reasons = []
     if kernel_unit is not None and values["separation_v_row"] < DORMANT_RATIO * values["separation_v_kernel"]:
         reasons.append(
@@ -311,6 +342,8 @@ def _random_check(problem, v: PatchOutcome, k: int, n_random: int, seed: int, cl
     )
     p = float((fldds.abs() >= abs(v.fldd)).float().mean())
     values = {"random_fldd_mean": float(fldds.mean()), "random_fldd_max": float(fldds.max()), "p": p}
+    if not (torch.isfinite(fldds).all() and math.isfinite(v.fldd)):
+        return Check("random_directions", "n/a", "the clean logit difference is zero", values)
     status = "suspicious" if p > RANDOM_P else "pass"
     detail = f"{n_random} random {k}-dim subspaces lose {float(fldds.mean()):.1%} on average (max {float(fldds.max()):.1%}); share as strong as v: {p:.0%}"
     return Check("random_directions", status, detail, values)
@@ -318,18 +351,29 @@ def _random_check(problem, v: PatchOutcome, k: int, n_random: int, seed: int, cl
 
 def _agreement_check(basis: Tensor, others: dict[str, Tensor]) -> Check:
     values = {f"cos_{name}": float((basis.T @ d).norm()) for name, d in others.items()}
-    status = "suspicious" if values and max(values.values()) < AGREEMENT_MIN else "pass"
+    finite = [x for x in values.values() if math.isfinite(x)]
+    if not finite:
+        return Check("agreement", "n/a", "no comparison direction could be computed", values)
+    status = "suspicious" if max(finite) < AGREEMENT_MIN else "pass"
     detail = ", ".join(f"|cos| to {name[4:].replace('_', ' ')} {value:.2f}" for name, value in values.items())
     return Check("agreement", status, detail, values)
 
 
 def _verdict(checks: list[Check]) -> tuple[str, list[str]]:
+    """One of VERDICTS and the checks behind it (see the module docstring)."""
+    effect = next(c for c in checks if c.name == "effect")
+    if effect.status != "pass":
+        return ("no effect" if effect.status == "no effect" else "untested"), [f"effect: {effect.detail}"]
     failed = [c for c in checks if c.status in ("suspicious", "illusory")]
     reasons = [f"{c.name}: {c.detail}" for c in failed]
     names = {c.name for c in failed}
     if any(c.status == "illusory" for c in failed) or {"component", "row_space"} <= names:
         return "illusory", reasons
-    return ("suspicious" if failed else "consistent"), reasons
+    if failed:
+        return "suspicious", reasons
+    if not any(c.status == "pass" for c in checks if c.name != "effect"):
+        return "untested", ["no check could run: " + "; ".join(f"{c.name}: {c.detail}" for c in checks[1:])]
+    return "consistent", []
 
 
 # ------------------------------------------------------------------------------------------------- audit
@@ -389,16 +433,22 @@ def audit(
     by_name = {o.name: o for o in outcomes}
 
     projections: dict[str, Tensor] = {}
+    effect = _effect_check(v)
     checks = [_component_check(full, v)]
     checks.append(_row_check(problem, row, kernel, v, by_name.get("v_row")))
     checks.append(_dormancy_check(problem, basis, row_unit, kernel_unit, projections))
     neuron_check, attribution = _neuron_check(problem, basis)
     checks.append(neuron_check)
-    checks.append(_random_check(problem, v, k, n_random, seed, clean))
-    if controls and not isinstance(model, SiteProblem):
-        from .controls import random_weight_check
-
-        checks.append(random_weight_check(model, task, site, test_task, v, k, control_epochs, seed))
-    checks.append(_agreement_check(basis, directions))
+    if effect.status == "pass":
+        checks.append(_random_check(problem, v, k, n_random, seed, clean))
+        if controls and not isinstance(model, SiteProblem):
+            checks.append(random_weight_check(model, task, site, test_task, v, k, control_epochs, seed))
+    else:  # the controls compare effects: nothing to compare, and the random-weight search is a DAS run
+        why = "no effect to compare" if effect.status == "no effect" else "the effect cannot be measured"
+        checks.append(Check("random_directions", "n/a", f"not run: {why}"))
+        if controls and not isinstance(model, SiteProblem):
+            checks.append(Check("random_weights", "n/a", f"not run: {why}"))
+        checks = [_not_judged(c, why) for c in checks]
+    checks = [effect, *checks, _agreement_check(basis, directions)]
     verdict, reasons = _verdict(checks)
     return AuditResult(problem.site, verdict, reasons, checks, outcomes, projections, attribution)

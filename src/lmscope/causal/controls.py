@@ -12,11 +12,17 @@ import contextlib
 import torch
 
 from ..model.sites import split_site
+from .das import das
+from .result import Check
+
+RANDOM_WEIGHT_SHARE = 0.5  # suspicious when the random-weight search reaches this share of the effect
 
 
 @contextlib.contextmanager
 def random_mlp(model, layer: int, seed: int = 0):
-    """Inside the block, layer's MLP matrices are Gaussian with each matrix's Frobenius norm kept."""
+    """Inside the block, layer's MLP matrices are Gaussian with each matrix's Frobenius norm kept.
+
+    The original values are copied back bit for bit when the block ends, also when it raises."""
     w = model.weights
     mats = [m for m in (w.W_in(layer), w.W_gate(layer), w.W_out(layer)) if m is not None]
     saved = [m.detach().clone() for m in mats]
@@ -33,11 +39,9 @@ def random_mlp(model, layer: int, seed: int = 0):
                 m.copy_(orig)
 
 
-def random_weight_check(model, task, site, test_task, v, k: int, epochs: int, seed: int):
-    """The DAS search at an MLP-neuron site of a random-weight MLP; compares its held-out effect with v's."""
-    from .audit import RANDOM_WEIGHT_SHARE, Check
-    from .das import das
-
+def random_weight_check(model, task, site, test_task, v, k: int, epochs: int, seed: int) -> Check:
+    """The DAS search at an MLP-neuron site of a random-weight MLP; compares its held-out effect with v's
+    (v: the audited subspace's PatchOutcome)."""
     [site] = model.resolve_sites([site])
     layer, kind = split_site(site)
     if kind != "mlp.post":
@@ -48,9 +52,13 @@ def random_weight_check(model, task, site, test_task, v, k: int, epochs: int, se
         )
     fldd = control.held_out.fldd
     share = fldd / v.fldd if abs(v.fldd) > 1e-6 else float("nan")
-    status = "suspicious" if share == share and share >= RANDOM_WEIGHT_SHARE else "pass"
+    values = {"fldd_random_weights": fldd, "share": share}
+    if share != share:
+        detail = f"DAS in a random-weight MLP {layer} loses {fldd:.0%}; the audited subspace has no effect to compare"
+        return Check("random_weights", "n/a", detail, values)
+    status = "suspicious" if share >= RANDOM_WEIGHT_SHARE else "pass"
     detail = (
         f"DAS in a random-weight MLP {layer} loses {fldd:.0%} of the logit difference held out "
         f"({share:.0%} of the audited subspace's effect)"
     )
-    return Check("random_weights", status, detail, {"fldd_random_weights": fldd, "share": share})
+    return Check("random_weights", status, detail, values)

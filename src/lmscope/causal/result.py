@@ -1,4 +1,8 @@
-"""GridResult: numbers over named axes (layer x head, layer x position, ...), then pictures of them."""
+"""Result types of the causal methods.
+
+GridResult: numbers over named axes (layer x head, layer x position, ...), then pictures of them.
+Check: one test of a claim (the illusion audit's checks and its controls), with its numbers.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,18 @@ import torch
 from torch import Tensor
 
 from . import metrics as M
+
+
+@dataclass
+class Check:
+    """One check of a claim. status: "pass" (it ran and found nothing wrong), "suspicious", "illusory",
+    "no effect" (the effect check only) or "n/a" (it could not run, or has nothing to judge; never "pass").
+    detail: one sentence with the numbers; values: the numbers by name."""
+
+    name: str
+    status: str
+    detail: str
+    values: dict = field(default_factory=dict)
 
 
 @dataclass
