@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -46,6 +48,25 @@ def test_rank_correlation_matches_hand_values():
     assert rank_correlation(a, a**3 * 10) == pytest.approx(1.0)
     assert rank_correlation(a, -a) == pytest.approx(-1.0)
     assert rank_correlation(a, torch.tensor([1.0, 3.0, 2.0, 4.0])) == pytest.approx(0.8)  # 1 - 6*2/(4*15)
+
+
+def test_rank_correlation_gives_ties_their_average_rank():
+    """a = (1, 2, 2, 3) has ranks (1, 2.5, 2.5, 4), b = (1, 3, 2, 4) ranks (1, 3, 2, 4). Centred:
+    (-1.5, 0, 0, 1.5) and (-1.5, 0.5, -0.5, 1.5); their correlation is 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10)
+    (scipy.stats.spearmanr gives the same). Ordinal ranks would give 1.0 or 0.8 depending on the tie's order."""
+    a, b = torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0, 4.0])
+    assert rank_correlation(a, b) == pytest.approx(3 / 10**0.5)
+    assert rank_correlation(b, a) == pytest.approx(3 / 10**0.5)
+    # many exact zeros (e.g. heads that do nothing) tie: the order they happen to be stored in must not matter
+    x = torch.tensor([0.0, 0.0, 0.0, 0.5, 1.0, 0.0])
+    y = torch.tensor([0.1, 0.0, 0.3, 0.4, 0.9, 0.2])
+    perm = torch.tensor([5, 3, 0, 4, 2, 1])
+    assert rank_correlation(x, y) == pytest.approx(rank_correlation(x[perm], y[perm]))
+    # by hand: x ranks (2.5, 2.5, 2.5, 5, 6, 2.5), y ranks (2, 1, 4, 5, 6, 3)
+    rx, ry = torch.tensor([2.5, 2.5, 2.5, 5, 6, 2.5]), torch.tensor([2.0, 1, 4, 5, 6, 3])
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    assert rank_correlation(x, y) == pytest.approx(float(rx @ ry / (rx.norm() * ry.norm())))
+    assert math.isnan(rank_correlation(torch.zeros(4), a))  # a constant has no ranking: undefined, not 0
 
 
 def test_atp_star_qk_fix_equals_its_hand_computation(tiny):

@@ -187,15 +187,22 @@ def attribution_patch(
     return results
 
 
+def average_ranks(x: Tensor) -> Tensor:
+    """Ranks 1..n of x [n]; tied values share the mean of their ranks (scipy.stats.rankdata's default)."""
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
+    last = counts.cumsum(0)  # the rank of each distinct value's last copy
+    return (last - (counts - 1) / 2).double()[inverse]
+
+
 def rank_correlation(a: Tensor, b: Tensor) -> float:
-    """Spearman correlation of two equally shaped tensors (NaNs dropped)."""
+    """Spearman correlation of two equally shaped tensors (NaNs dropped, ties at their average rank, as
+    scipy.stats.spearmanr); NaN when either side is constant (it has no ranking)."""
     a, b = a.flatten().double(), b.flatten().double()
     keep = ~(a.isnan() | b.isnan())
-    a, b = a[keep], b[keep]
-    ra = a.argsort().argsort().double()
-    rb = b.argsort().argsort().double()
+    ra, rb = average_ranks(a[keep]), average_ranks(b[keep])
     ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
+    scale = ra.norm() * rb.norm()
+    return float((ra * rb).sum() / scale) if scale > 0 else float("nan")
 
 
 def compare(estimate: GridResult, exact: GridResult) -> dict:
