@@ -31,8 +31,13 @@ def _original_function(base: str, module: nn.Module) -> Callable:
     return ALL_ATTENTION_FUNCTIONS[base]
 
 
-def eager_with_pattern(module, query, key, value, attention_mask, hooks, scaling=None, dropout=0.0):
-    """Explicit attention. query [b, h, q, d], key/value [b, kv_h, k, d]; returns ([b, q, h, d], pattern)."""
+def eager_with_pattern(
+    module, query, key, value, attention_mask, hooks, scaling=None, dropout=0.0, softcap=None
+):
+    """Explicit attention. query [b, h, q, d], key/value [b, kv_h, k, d]; returns ([b, q, h, d], pattern).
+
+    softcap (Gemma 2): scores -> softcap * tanh(scores / softcap) before the mask. Sliding windows need
+    nothing here: they are part of the mask transformers builds for each layer."""
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:  # grouped-query attention: each kv head serves n_rep consecutive query heads
         key = key.repeat_interleave(n_rep, dim=1)
@@ -40,6 +45,8 @@ def eager_with_pattern(module, query, key, value, attention_mask, hooks, scaling
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [b, h, q, k]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     q_len, k_len = scores.shape[-2:]
     min_value = torch.finfo(scores.dtype).min
     if attention_mask is None:  # sdpa's mask builder returns None for plain causal attention
@@ -64,7 +71,8 @@ def _make_attention(base: str) -> Callable:
         if not hooks:
             fn = _original_function(base, module)
             return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-        return eager_with_pattern(module, query, key, value, attention_mask, hooks, scaling, dropout)
+        softcap = kwargs.get("softcap")
+        return eager_with_pattern(module, query, key, value, attention_mask, hooks, scaling, dropout, softcap)
 
     return attention
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from . import attention
+from . import attention, experts
 from .adapters import HookSpec
 
 SiteFn = Callable[[Tensor, str], "Tensor | None"]
@@ -23,9 +23,14 @@ class StopForward(Exception):
     """Raised by a hook to end the forward pass early (see Model.run_with_cache(stop_at=...))."""
 
 
-def _apply(site: str, spec: HookSpec, fns: list[SiteFn], x: Tensor) -> Tensor | None:
-    """Run fns on the canonical view of x; return the tensor to pass on, or None if nothing changed."""
+def _apply(site: str, spec: HookSpec, fns: list[SiteFn], x, lead: tuple | None = None):
+    """Run fns on the canonical view of x; return what to pass on in its place, or None if nothing changed.
+
+    lead: the (batch, pos) shape that a spec with flat_tokens_of flattens into its first axis.
+    """
     canon = spec.read(x)
+    if lead is not None:
+        canon = canon.view(*lead, *canon.shape[1:])
     changed = False
     for fn in fns:
         new = fn(canon, site)
@@ -35,17 +40,20 @@ def _apply(site: str, spec: HookSpec, fns: list[SiteFn], x: Tensor) -> Tensor | 
                     f"an intervention on {site} returned shape {tuple(new.shape)}, expected {tuple(canon.shape)}"
                 )
             canon, changed = new, True
-    if (
-        changed and not canon.is_contiguous()
-    ):  # HF code calls .view() on what we pass on (e.g. an expanded mean)
+    if not changed:
+        return None
+    if not canon.is_contiguous():  # HF code calls .view() on what we pass on (e.g. an expanded mean)
         canon = canon.contiguous()
-    return spec.write(x, canon) if changed else None
+    if lead is not None:
+        canon = canon.view(-1, *canon.shape[len(lead) :])
+    return spec.write(x, canon)
 
 
-def _run_group(group: list[tuple[str, HookSpec, list[SiteFn]]], x: Tensor) -> Tensor | None:
+def _run_group(group: list[tuple[str, HookSpec, list[SiteFn]]], x, shapes: dict):
     changed = None
     for site, spec, fns in group:
-        new = _apply(site, spec, fns, x)
+        lead = None if spec.flat_tokens_of is None else shapes[spec.flat_tokens_of]
+        new = _apply(site, spec, fns, x, lead)
         if new is not None:
             x = changed = new
     return changed
@@ -69,20 +77,32 @@ def _first_output(output) -> Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _register(key, group, handles: list, pattern_modules: list) -> None:
+def _register(key, group, handles: list, fused: list, shapes: dict) -> None:
+    """Hook one (module, where) for its group of sites. fused collects (registry, module, fn) for sites
+    computed inside a replaced function (attention pattern, experts), removed on exit."""
     module, where = key
+    whole = group[0][1].whole
     if where == "in":
+        if whole:
 
-        def pre_hook(mod, args, kwargs):
-            new = _run_group(group, _first_input(args, kwargs))
-            return None if new is None else _with_first_input(args, kwargs, new)
+            def pre_hook(mod, args, kwargs):
+                new = _run_group(group, args, shapes)
+                return None if new is None else (new, kwargs)
+
+        else:
+
+            def pre_hook(mod, args, kwargs):
+                new = _run_group(group, _first_input(args, kwargs), shapes)
+                return None if new is None else _with_first_input(args, kwargs, new)
 
         handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
     elif where == "out":
 
         def hook(mod, args, output):
-            new = _run_group(group, _first_output(output))
-            return None if new is None else _with_first_output(output, new)
+            new = _run_group(group, output if whole else _first_output(output), shapes)
+            if new is None:
+                return None
+            return new if whole else _with_first_output(output, new)
 
         handles.append(module.register_forward_hook(hook))
     elif where == "resid_mid":
@@ -102,17 +122,28 @@ def _register(key, group, handles: list, pattern_modules: list) -> None:
 
         handles.append(spec.resid_pre_at.register_forward_pre_hook(save_resid_pre, with_kwargs=True))
         handles.append(module.register_forward_hook(mid_hook))
-    elif where == "pattern":
+    elif where in ("pattern", "experts"):
         [(site, spec, fns)] = group
 
-        def pattern_hook(pattern: Tensor) -> Tensor:
-            new = _apply(site, spec, fns, pattern)
-            return pattern if new is None else new
+        def inner_hook(x: Tensor) -> Tensor:
+            lead = None if spec.flat_tokens_of is None else shapes[spec.flat_tokens_of]
+            new = _apply(site, spec, fns, x, lead)
+            return x if new is None else new
 
-        attention.PATTERN_HOOKS.setdefault(module, []).append(pattern_hook)
-        pattern_modules.append((module, pattern_hook))
+        registry = attention.PATTERN_HOOKS if where == "pattern" else experts.EXPERT_HOOKS
+        registry.setdefault(module, []).append(inner_hook)
+        fused.append((registry, module, inner_hook))
     else:
         raise ValueError(f"unknown hook location {where!r}")
+
+
+def _track_token_shape(module, shapes: dict, handles: list) -> None:
+    """Record the (batch, pos) shape of `module`'s input on every call, for specs with flat_tokens_of."""
+
+    def pre_hook(mod, args, kwargs):
+        shapes[mod] = tuple(_first_input(args, kwargs).shape[:-1])
+
+    handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
 
 @contextmanager
@@ -129,22 +160,30 @@ def hooked(hf: nn.Module, specs: dict[str, HookSpec], requests: list[tuple[str, 
         if site in per_site:
             groups.setdefault((spec.module, spec.where), []).append((site, spec, per_site[site]))
     handles: list = []
-    pattern_modules: list = []
+    fused: list = []
+    shapes: dict = {}
     config = hf.config
-    base_impl = config._attn_implementation
+    base_attn, base_experts = config._attn_implementation, getattr(config, "_experts_implementation", None)
     try:
+        for module in {spec.flat_tokens_of for group in groups.values() for _, spec, _ in group} - {None}:
+            _track_token_shape(module, shapes, handles)
         for key, group in groups.items():
-            _register(key, group, handles, pattern_modules)
-        if pattern_modules and not base_impl.startswith("lmscope_"):
-            config._attn_implementation = attention.hooked_implementation(base_impl)
+            _register(key, group, handles, fused, shapes)
+        wheres = {where for _, where in groups}
+        if "pattern" in wheres and not base_attn.startswith("lmscope_"):
+            config._attn_implementation = attention.hooked_implementation(base_attn)
+        if "experts" in wheres and not str(base_experts).startswith("lmscope_"):
+            config._experts_implementation = experts.hooked_implementation(base_experts)
         yield
     finally:
         for handle in handles:
             handle.remove()
-        for module, fn in pattern_modules:
-            hooks = attention.PATTERN_HOOKS.get(module, [])
+        for registry, module, fn in fused:
+            hooks = registry.get(module, [])
             if fn in hooks:
                 hooks.remove(fn)
             if not hooks:
-                attention.PATTERN_HOOKS.pop(module, None)
-        config._attn_implementation = base_impl
+                registry.pop(module, None)
+        config._attn_implementation = base_attn
+        if "experts" in {where for _, where in groups}:
+            config._experts_implementation = base_experts

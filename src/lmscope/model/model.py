@@ -38,7 +38,8 @@ class Model:
         by_name = dict(global_specs(self.parts))
         for layer, parts in enumerate(self.parts.layers):
             qkv = self.adapter.qkv_specs(parts, self.cfg)
-            for suffix, spec in layer_specs(parts, self.cfg, qkv).items():
+            mlp = self.adapter.mlp_specs(parts, self.cfg)
+            for suffix, spec in layer_specs(parts, self.cfg, qkv, mlp).items():
                 by_name[f"blocks.{layer}.{suffix}"] = spec
         return {name: by_name[name] for name in self.sites}  # execution order
 

@@ -23,6 +23,10 @@ LAYER_SITES: dict[str, str] = {
     "mlp.pre": "b p d",
     "mlp.pre_linear": "b p d",  # only for gated (GLU) MLPs: the up-projection
     "mlp.post": "b p d",
+    # mixture-of-experts models have these three instead of mlp.pre/pre_linear/post (e = expert):
+    "mlp.router_logits": "b p e",  # the router's logits, before softmax and top-k
+    "mlp.routing": "b p e",  # each expert's weight in the token's mix: 0 for experts not in its top k
+    "mlp.expert_post": "b p e d",  # each expert's neurons (input of its down projection); 0 where not routed
     "mlp.out": "b p d",
     "resid_post": "b p d",
 }
@@ -55,6 +59,8 @@ _TL_GLOBAL_ALIASES = {
     "ln_final.hook_normalized": "final.norm",
     "unembed": "logits",
 }
+_MOE_SITES = ("mlp.router_logits", "mlp.routing", "mlp.expert_post")
+_DENSE_MLP_SITES = ("mlp.pre", "mlp.pre_linear", "mlp.post")
 _LAYER_NAME = re.compile(r"^blocks\.(\d+|\*)\.(.+)$")
 
 
@@ -73,6 +79,8 @@ def site_names(cfg: ModelConfig) -> list[str]:
     for layer in range(cfg.n_layers):
         for suffix in LAYER_SITES:
             if suffix == "mlp.pre_linear" and not cfg.gated_mlp:
+                continue
+            if suffix in (_DENSE_MLP_SITES if cfg.n_experts else _MOE_SITES):
                 continue
             names.append(f"blocks.{layer}.{suffix}")
     return names + ["final.norm", "logits"]
@@ -152,6 +160,9 @@ def site_shape(cfg: ModelConfig, name: str) -> str:
         "mlp.pre": str(cfg.d_mlp),
         "mlp.pre_linear": str(cfg.d_mlp),
         "mlp.post": str(cfg.d_mlp),
+        "mlp.router_logits": str(cfg.n_experts),
+        "mlp.routing": str(cfg.n_experts),
+        "mlp.expert_post": f"{cfg.n_experts}, {cfg.d_mlp}",
         "logits": str(cfg.d_vocab),
     }.get(suffix, str(cfg.d_model))
     if suffix == "attn.pattern":
