@@ -14,6 +14,8 @@ from lmscope.features.sae import (
     SAE,
     BatchTopKConfig,
     IteratorSource,
+    JumpReLUConfig,
+    MatryoshkaConfig,
     RowSource,
     StandardConfig,
     TopKConfig,
@@ -25,6 +27,7 @@ from lmscope.features.sae import (
     train_sae,
 )
 from lmscope.features.sae.evaluate import ReconstructionStats, evaluate_sae, explained_variance, splice
+from lmscope.features.sae.model import rectangle
 from lmscope.features.sae.train import Objective
 
 
@@ -49,21 +52,24 @@ ARCHS = {
     "standard": dict(l1_coefficient=1.0),
     "topk": dict(k=3),
     "batchtopk": dict(k=3),
+    "jumprelu": dict(l0_coefficient=0.1),
+    # the smallest prefix must hold most of the 40 planted directions, or its latents mix them (by design)
+    "matryoshka_batchtopk": dict(k=3, matryoshka_widths=(32, 64), d_sae=128),
 }
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_recovers_planted_directions(arch):
     x, directions = planted(120_000)
+    fields = {"d_sae": 64, **ARCHS[arch]}
     cfg = sae_config(
         arch,
         d_in=16,
-        d_sae=64,
         batch_size=512,
         total_tokens=120_000,
         lr=3e-3,
         dead_tokens=20_000,
-        **ARCHS[arch],
+        **fields,
     )
     sae = train_sae(cfg, RowSource(x, 512), progress=False)
     cos = best_match(sae, directions)
@@ -87,6 +93,9 @@ def dense_loss(sae: SAE, cfg, x: torch.Tensor, l1: float, dead: torch.Tensor) ->
         f = F.relu(pre)
     x_hat = f @ sae.W_dec + sae.b_dec
     loss = (x_hat - x).pow(2).sum(-1).mean()
+    if isinstance(cfg, MatryoshkaConfig):
+        for m in cfg.matryoshka_widths[:-1]:
+            loss = loss + (f[:, :m] @ sae.W_dec[:m] + sae.b_dec - x).pow(2).sum(-1).mean()
     if isinstance(cfg, StandardConfig):
         return loss + l1 * f.sum(-1).mean()
     if dead.any():
@@ -100,14 +109,13 @@ def dense_loss(sae: SAE, cfg, x: torch.Tensor, l1: float, dead: torch.Tensor) ->
     return loss
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ["standard", "topk", "batchtopk", "matryoshka_batchtopk"])
 @pytest.mark.parametrize("with_dead", [False, True])
 def test_sparse_backward_matches_dense_autograd(arch, with_dead):
     torch.manual_seed(0)
-    cfg = (
-        sae_config(arch, d_in=12, d_sae=40, batch_size=64, total_tokens=64, aux_k=6, **ARCHS[arch])
-        if arch != "standard"
-        else sae_config(arch, d_in=12, d_sae=40, batch_size=64, total_tokens=64)
+    extra = {"standard": {}, "matryoshka_batchtopk": {"k": 3, "matryoshka_widths": (10, 25)}}
+    cfg = sae_config(
+        arch, d_in=12, d_sae=40, batch_size=64, total_tokens=64, **extra.get(arch, {"k": 3, "aux_k": 6})
     )
     sae = SAE(cfg)
     with torch.no_grad():
@@ -204,9 +212,9 @@ def test_save_load_round_trip_with_saelens_names(arch, tmp_path):
         model="tiny",
         batch_size=8,
         total_tokens=8,
-        **({"k": 4} if arch != "standard" else {}),
+        **({"k": 4} if "topk" in arch else {}),
     )
-    sae = SAE(cfg, architecture="jumprelu" if arch == "batchtopk" else None)
+    sae = SAE(cfg)
     with torch.no_grad():
         for p in sae.parameters():
             p.normal_()
@@ -214,14 +222,16 @@ def test_save_load_round_trip_with_saelens_names(arch, tmp_path):
     save_sae(sae, tmp_path)
     record = json.loads((tmp_path / "cfg.json").read_text())
     assert record["hook_name"] == "blocks.1.mlp.hook_post" and record["site"] == "blocks.1.mlp.post"
-    assert record["architecture"] == {"batchtopk": "jumprelu"}.get(arch, arch)
+    jumprelu = arch in ("batchtopk", "matryoshka_batchtopk", "jumprelu")
+    assert record["architecture"] == ("jumprelu" if jumprelu else arch)
     assert (record["d_in"], record["d_sae"], record["normalize_activations"]) == (10, 24, "none")
     from safetensors.torch import load_file
 
     shapes = {k: tuple(v.shape) for k, v in load_file(tmp_path / "sae_weights.safetensors").items()}
     expected = {"W_enc": (10, 24), "b_enc": (24,), "W_dec": (24, 10), "b_dec": (10,)}
-    assert shapes == {**expected, **({"threshold": (24,)} if arch == "batchtopk" else {})}
+    assert shapes == {**expected, **({"threshold": (24,)} if jumprelu else {})}
     loaded = load_sae(tmp_path)
+    assert type(loaded.cfg) is type(cfg) and loaded.cfg == cfg
     x = torch.randn(5, 10)
     assert loaded.architecture == sae.architecture and loaded.cfg.site == "blocks.1.mlp.post"
     assert torch.equal(loaded.encode(x), sae.encode(x)) and torch.equal(loaded(x), sae(x))
@@ -329,3 +339,101 @@ def test_splice_passes_first_position_and_outliers_through(tiny_llama, tokens):
     assert 0 < int(passed[:, 1:].sum()) < passed[:, 1:].numel()
     torch.testing.assert_close(spliced[passed], clean[passed])
     torch.testing.assert_close(spliced[~passed], sae(clean[~passed]).detach())
+
+
+@pytest.mark.parametrize("mode", ["step", "quadratic"])
+@pytest.mark.parametrize("to_input", [False, True])
+def test_jumprelu_forward_and_straight_through_gradients_by_hand(mode, to_input):
+    """The forward is pre * H(pre - threshold); the gradients, by the paper's formulas written out here, are
+    what both training paths (sparse pairs and dense) give."""
+    torch.manual_seed(0)
+    n, eps, coef, target = 48, 0.4, 0.3, 5.0
+    cfg = JumpReLUConfig(
+        d_in=6,
+        d_sae=20,
+        batch_size=n,
+        total_tokens=n,
+        l0_coefficient=coef,
+        jumprelu_bandwidth=eps,
+        jumprelu_sparsity_loss_mode=mode,
+        target_l0=target,
+        jumprelu_ste_to_input=to_input,
+    )
+    sae = SAE(cfg)
+    sae.make_threshold_trainable(0.0)
+    with torch.no_grad():
+        sae.threshold.uniform_(0.0, 0.8)
+        sae.b_enc.normal_(0, 0.3)
+        sae.b_dec.normal_(0, 0.3)
+    x = torch.randn(n, 6)
+    W_enc, b_enc, W_dec, b_dec, theta = (
+        t.detach() for t in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold)
+    )
+    pre = (x - b_dec) @ W_enc + b_enc
+    H = (pre > theta).float()
+    f = pre * H
+    assert torch.equal(sae.encode(x).detach(), f)
+    x_hat = f @ W_dec + b_dec
+    K = rectangle((pre - theta) / eps)
+    assert 0 < int(K.sum()) < K.numel() and bool(((K > 0) & (H == 0)).any())  # the window matters
+    l0 = H.sum(1)
+    if mode == "step":
+        loss = (x_hat - x).pow(2).sum(1).mean() + coef * l0.mean()
+        dpen_dl0 = torch.full((n,), coef / n)
+    else:
+        loss = (x_hat - x).pow(2).sum(1).mean() + coef * (2 / target * (l0 - target).pow(2)).mean()
+        dpen_dl0 = coef * 4 / target * (l0 - target) / n
+    r = 2 * (x_hat - x) / n  # d loss / d x_hat [n, d_in]
+    dL_df = r @ W_dec.T  # [n, d_sae]
+    grad_theta = (-(theta / eps) * K * dL_df - dpen_dl0[:, None] * K / eps).sum(0)
+    grad_pre = H * dL_df + (dpen_dl0[:, None] * K / eps if to_input else 0)
+    hand = {
+        "threshold": grad_theta,
+        "W_enc": (x - b_dec).T @ grad_pre,
+        "b_enc": grad_pre.sum(0),
+        "W_dec": f.T @ r,
+        "b_dec": r.sum(0) - grad_pre.sum(0) @ W_enc.T,
+    }
+    for dense in (False, True):
+        got_loss, stats = Objective(sae, cfg)(x, torch.zeros(20, dtype=torch.bool), l1=coef, dense=dense)
+        assert got_loss.item() == pytest.approx(loss.item(), rel=1e-5)
+        assert torch.equal(stats["fired"], H.sum(0))
+        names = list(hand)
+        grads = torch.autograd.grad(got_loss, [getattr(sae, k) for k in names])
+        for name, got in zip(names, grads):
+            torch.testing.assert_close(got, hand[name], rtol=1e-4, atol=1e-6, msg=f"{name} dense={dense}")
+
+
+def test_jumprelu_quadratic_mode_moves_l0_toward_its_target():
+    x, _ = planted(60_000)
+    l0 = {}
+    for target in (2.0, 12.0):
+        cfg = sae_config(
+            "jumprelu",
+            d_in=16,
+            d_sae=64,
+            batch_size=512,
+            total_tokens=60_000,
+            lr=3e-3,
+            jumprelu_sparsity_loss_mode="quadratic",
+            target_l0=target,
+        )
+        sae = train_sae(cfg, RowSource(x, 512), progress=False)
+        with torch.no_grad():
+            l0[target] = float((sae.encode(x[:4000]) > 0).sum(1).float().mean())
+    assert l0[2.0] < 8 < l0[12.0], l0
+
+
+def test_matryoshka_prefix_reconstructs_better_than_batchtopk_prefix():
+    """The nested loss makes the first features a dictionary of their own: the first 16 features of a
+    Matryoshka SAE reconstruct far better than the first 16 of a BatchTopK SAE trained the same way."""
+    x, _ = planted(60_000)
+    common = dict(d_in=16, d_sae=64, k=3, batch_size=512, total_tokens=60_000, lr=3e-3, dead_tokens=20_000)
+    ev = {}
+    for arch, extra in (("batchtopk", {}), ("matryoshka", {"matryoshka_widths": (16,)})):
+        sae = train_sae(sae_config(arch, **common, **extra), RowSource(x, 512), progress=False)
+        with torch.no_grad():
+            f = sae.encode(x[:4000])
+            ev[arch] = explained_variance(x[:4000], f[:, :16] @ sae.W_dec[:16] + sae.b_dec)
+    assert sae.cfg.matryoshka_widths == (16, 64) and sae.architecture == "jumprelu"
+    assert ev["matryoshka"] > ev["batchtopk"] + 0.1, ev

@@ -6,7 +6,17 @@ sae = load_sae("runs/sae"); f = sae.encode(x); x_hat = sae.decode(f)
 """
 
 from .compare import LayerComparison, compare_saes
-from .config import CONFIGS, BatchTopKConfig, SAEConfig, StandardConfig, TopKConfig, config_class, sae_config
+from .config import (
+    CONFIGS,
+    BatchTopKConfig,
+    JumpReLUConfig,
+    MatryoshkaConfig,
+    SAEConfig,
+    StandardConfig,
+    TopKConfig,
+    config_class,
+    sae_config,
+)
 from .evaluate import SAEEval, evaluate_sae, explained_variance, reconstruction_metrics, splice, zero_ablate
 from .features import FeatureActivations, ablate_feature, feature_cards, logit_effects, steer
 from .io import load_sae, save_sae
@@ -32,6 +42,8 @@ __all__ = [
     "SAE",
     "BatchTopKConfig",
     "IteratorSource",
+    "JumpReLUConfig",
+    "MatryoshkaConfig",
     "ModelSource",
     "RowSource",
     "SAEConfig",

@@ -123,12 +123,85 @@ class BatchTopKConfig(TopKConfig):
         return "jumprelu"
 
 
+@dataclass
+class MatryoshkaConfig(BatchTopKConfig):
+    """Matryoshka BatchTopK (Bussmann et al. 2025): BatchTopK codes, and every nested prefix of the dictionary
+    (the first m features, for each m in matryoshka_widths) reconstructs the input on its own; the loss is
+    the sum of the prefixes' squared errors (the last prefix is the whole SAE) plus AuxK. Early features
+    must stand alone, so they learn general directions that later ones cannot absorb. Saved like BatchTopK
+    (a JumpReLU with the inference threshold)."""
+
+    # SAELens's name; None = d_sae / 16, / 8, / 4, / 2 and d_sae. The last width is always d_sae.
+    matryoshka_widths: tuple[int, ...] | None = None
+    architecture: ClassVar[str] = "matryoshka_batchtopk"
+
+    def __post_init__(self):
+        super().__post_init__()
+        widths = self.matryoshka_widths
+        if widths is None:
+            widths = [self.d_sae // 2**i for i in (4, 3, 2, 1) if self.d_sae // 2**i > 0]
+        widths = [int(w) for w in widths]
+        if widths and widths[-1] != self.d_sae:
+            widths.append(self.d_sae)
+        if (
+            any(w <= 0 for w in widths)
+            or any(a >= b for a, b in zip(widths, widths[1:]))
+            or widths[-1] > self.d_sae
+        ):
+            raise ValueError(
+                f"matryoshka_widths must increase strictly within 1..d_sae ({self.d_sae}), got {self.matryoshka_widths}"
+            )
+        self.matryoshka_widths = tuple(widths)
+
+
+SPARSITY_LOSS_MODES = ("step", "quadratic")
+
+
+@dataclass
+class JumpReLUConfig(SAEConfig):
+    """JumpReLU (Rajamanoharan et al. 2024): f = pre * H(pre - threshold) with a learned threshold per feature,
+    pre = W_enc (x - b_dec) + b_enc; loss = ||x - x_hat||^2 + l0_coefficient * sparsity. The step H has no
+    useful gradient, so a straight-through estimator with a rectangle kernel of width jumprelu_bandwidth
+    gives the thresholds one: d f / d threshold = -(threshold / bandwidth) K((pre - threshold) / bandwidth) and
+    d H / d threshold = -(1 / bandwidth) K(...), K(u) = 1 for |u| < 1/2. Sparsity: "step" is the L0 itself
+    (DeepMind); "quadratic" is 2 / target_l0 * (L0 - target_l0)^2 per token (Gemma Scope 2), which holds
+    the L0 near target_l0. Field names follow SAELens; the thresholds are trained directly (kept >= 0)."""
+
+    l0_coefficient: float = 1.0
+    l0_warmup_fraction: float = 0.0  # the coefficient ramps up linearly over this fraction of steps
+    jumprelu_init_threshold: float = 0.01
+    jumprelu_bandwidth: float = 0.05
+    jumprelu_sparsity_loss_mode: str = "step"
+    target_l0: float | None = None  # the quadratic mode's target
+    jumprelu_ste_to_input: bool = False  # True: the estimator also reaches the pre-activations (Anthropic)
+    architecture: ClassVar[str] = "jumprelu"
+
+    def __post_init__(self):
+        super().__post_init__()
+        mode = self.jumprelu_sparsity_loss_mode
+        if mode not in SPARSITY_LOSS_MODES:
+            raise ValueError(
+                f"jumprelu_sparsity_loss_mode must be one of {SPARSITY_LOSS_MODES}, got {mode!r}"
+            )
+        if mode == "quadratic" and not (self.target_l0 and 0 < self.target_l0 <= self.d_sae):
+            raise ValueError(
+                f"the quadratic sparsity loss needs target_l0 in (0, d_sae={self.d_sae}], got {self.target_l0}"
+            )
+        if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold < 0:
+            raise ValueError(
+                "jumprelu_bandwidth must be > 0 and jumprelu_init_threshold >= 0, got "
+                f"{self.jumprelu_bandwidth} and {self.jumprelu_init_threshold}"
+            )
+
+
 CONFIGS: dict[str, type[SAEConfig]] = {
     "standard": StandardConfig,
     "topk": TopKConfig,
     "batchtopk": BatchTopKConfig,
+    "jumprelu": JumpReLUConfig,
+    "matryoshka_batchtopk": MatryoshkaConfig,
 }
-ALIASES = {"relu": "standard", "l1": "standard"}
+ALIASES = {"relu": "standard", "l1": "standard", "matryoshka": "matryoshka_batchtopk"}
 
 
 def config_class(architecture: str) -> type[SAEConfig]:
@@ -142,7 +215,7 @@ def config_class(architecture: str) -> type[SAEConfig]:
 
 
 def sae_config(architecture: str, **fields) -> SAEConfig:
-    """Build the config of ``architecture`` ("standard", "topk", "batchtopk"); unknown fields are an error."""
+    """Build the config of ``architecture`` (a key of CONFIGS or ALIASES); unknown fields are an error."""
     cls = config_class(architecture)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
@@ -164,6 +237,8 @@ __all__ = [
     "ALIASES",
     "CONFIGS",
     "BatchTopKConfig",
+    "JumpReLUConfig",
+    "MatryoshkaConfig",
     "SAEConfig",
     "StandardConfig",
     "TopKConfig",

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save
 
 from ...model.sites import canonical
 from ...runs import write_atomic, write_json
-from .config import BatchTopKConfig, StandardConfig, TopKConfig, config_from_dict
+from .config import BatchTopKConfig, JumpReLUConfig, StandardConfig, TopKConfig, config_from_dict
 from .model import SAE
 
 CFG_FILE = "cfg.json"
@@ -108,8 +108,10 @@ def _config_from_saelens(record: dict):
         return StandardConfig(**common), arch
     if arch == "topk":
         return TopKConfig(**common, k=int(record["k"])), arch
-    if arch == "jumprelu":
-        return BatchTopKConfig(**common, k=int(record.get("k", 1))), arch
+    if arch == "jumprelu":  # with k: a BatchTopK SAE saved for inference; without: trained as JumpReLU
+        if "k" in record:
+            return BatchTopKConfig(**common, k=int(record["k"])), arch
+        return JumpReLUConfig(**common), arch
     raise ValueError(
         f"cannot load an SAE of architecture {arch!r}; lmscope reads standard, topk and jumprelu"
     )

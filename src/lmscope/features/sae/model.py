@@ -91,6 +91,48 @@ def selected_pre(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, rows: T
     return SelectedPre.apply(x_c, W_enc, b_enc, rows, cols, pre[rows, cols])
 
 
+def rectangle(u: Tensor) -> Tensor:
+    """The kernel of JumpReLU's straight-through estimator: 1 where -1/2 < u < 1/2, else 0."""
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class JumpReLUFn(torch.autograd.Function):
+    """pre * H(pre - threshold), elementwise (pre and threshold of one shape: [batch, d_sae] dense, or [nnz]
+    pairs). Backward (Rajamanoharan et al. 2024, eq. 11): d/dpre = H(pre - threshold) exactly;
+    d/dthreshold = -(threshold / bandwidth) * K((pre - threshold) / bandwidth), K = rectangle."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth: float):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        grad_threshold = -(threshold / bw) * rectangle((pre - threshold) / bw) * grad
+        return (pre > threshold) * grad, grad_threshold, None
+
+
+class StepFn(torch.autograd.Function):
+    """H(pre - threshold), elementwise: the L0 count. Backward (eq. 12): d/dthreshold = -(1 / bandwidth) *
+    K((pre - threshold) / bandwidth); d/dpre is its negation when to_input, else 0 (DeepMind's choice: the
+    sparsity penalty then moves only the thresholds)."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth: float, to_input: bool):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth, ctx.to_input = bandwidth, to_input
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        ste = rectangle((pre - threshold) / ctx.bandwidth) * grad / ctx.bandwidth
+        return (ste if ctx.to_input else None), -ste, None, None
+
+
 class SAE(nn.Module):
     """A sparse autoencoder over activations [..., d_in]. `cfg` says its shape, site and architecture."""
 
@@ -120,6 +162,12 @@ class SAE(nn.Module):
         self.W_enc.copy_(self.W_dec.T)
         self.b_enc.zero_()
         self.b_dec.zero_()
+
+    def make_threshold_trainable(self, init: float) -> None:
+        """Turn the threshold buffer into a parameter filled with `init` (JumpReLU training); the
+        state_dict key stays "threshold"."""
+        del self._buffers["threshold"]
+        self.threshold = nn.Parameter(torch.full((self.cfg.d_sae,), float(init), device=self.W_enc.device))
 
     @property
     def d_in(self) -> int:

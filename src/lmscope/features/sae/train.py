@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from ...runs import AtomicFile
 from . import distributed as D
-from .config import BatchTopKConfig, SAEConfig, StandardConfig, TopKConfig
-from .model import SAE, Codes, decode_codes, selected_pre
+from .config import BatchTopKConfig, JumpReLUConfig, MatryoshkaConfig, SAEConfig, StandardConfig, TopKConfig
+from .model import SAE, Codes, JumpReLUFn, StepFn, decode_codes, selected_pre
 from .sources import _generator
 
 CHECKPOINT = "checkpoint.pt"
@@ -56,7 +56,8 @@ class Objective(nn.Module):
     """One batch's loss for the SAE's training architecture (the module DistributedDataParallel wraps).
 
     forward(x [batch, d_in], dead [d_sae] bool, l1) -> (loss, stats); stats (detached) holds "fired"
-    [d_sae] (tokens each feature fired on), "sse", "nnz" and, for BatchTopK, "threshold".
+    [d_sae] (tokens each feature fired on), "sse", "nnz" and, for BatchTopK, "threshold". l1 is the
+    sparsity coefficient of the step: the L1 coefficient (standard) or the L0 coefficient (JumpReLU).
     """
 
     def __init__(self, sae: SAE, cfg: SAEConfig):
@@ -67,6 +68,8 @@ class Objective(nn.Module):
     def forward(self, x: Tensor, dead: Tensor, l1: float = 0.0, dense: bool = False):
         sae, cfg = self.sae, self.cfg
         x_c = x - sae.b_dec  # [batch, d_in]; gradients reach b_dec through both ends
+        if isinstance(cfg, JumpReLUConfig):
+            return self._jumprelu(x, x_c, l1, dense)
         stats = {}
         if dense:
             f = F.relu(x_c @ sae.W_enc + sae.b_enc)  # [batch, d_sae]
@@ -85,11 +88,50 @@ class Objective(nn.Module):
             stats["nnz"] = torch.tensor(float(len(cols)))
         sse = (x_hat - x).pow(2).sum(-1)  # [batch]
         loss = sse.mean()
+        if isinstance(cfg, MatryoshkaConfig):  # every inner prefix of the dictionary reconstructs alone
+            for width in cfg.matryoshka_widths[:-1]:
+                inner = cols < width
+                codes = Codes.from_pairs(rows[inner], cols[inner], vals[inner], len(x))
+                loss = loss + (decode_codes(codes, sae.W_dec) + sae.b_dec - x).pow(2).sum(-1).mean()
         if isinstance(cfg, StandardConfig):
             loss = loss + l1 * penalty
         elif bool(dead.any()):
             loss = loss + cfg.aux_coefficient * self._aux_loss(x, x_hat, x_c, pre, dead)
         stats["sse"] = sse.sum().detach()
+        return loss, stats
+
+    def _jumprelu(self, x: Tensor, x_c: Tensor, coefficient: float, dense: bool):
+        """JumpReLU's loss: squared error + coefficient * sparsity, the thresholds trained through the
+        straight-through estimator. The sparse path keeps the pairs with pre > threshold - bandwidth / 2:
+        those that fire and those inside the estimator's window (whose gradient is not zero)."""
+        sae, cfg = self.sae, self.cfg
+        bw, to_input = cfg.jumprelu_bandwidth, cfg.jumprelu_ste_to_input
+        if dense:
+            pre = x_c @ sae.W_enc + sae.b_enc  # [batch, d_sae]
+            threshold = sae.threshold.expand_as(pre)
+            f = JumpReLUFn.apply(pre, threshold, bw)
+            x_hat = f @ sae.W_dec + sae.b_dec
+            l0 = StepFn.apply(pre, threshold, bw, to_input).sum(1)  # [batch]
+            fired = (pre > threshold).sum(0).float()
+        else:
+            with torch.no_grad():
+                pre = x_c @ sae.W_enc + sae.b_enc  # [batch, d_sae], the one dense product
+                rows, cols = (pre > sae.threshold - bw / 2).nonzero().unbind(1)
+                firing = pre[rows, cols] > sae.threshold[cols]
+            pre_pairs = selected_pre(x_c, sae.W_enc, sae.b_enc, pre, rows, cols)
+            threshold = sae.threshold[cols]  # the gather sends each pair's gradient to its feature
+            vals = JumpReLUFn.apply(pre_pairs, threshold, bw)
+            x_hat = decode_codes(Codes.from_pairs(rows, cols, vals, len(x)), sae.W_dec) + sae.b_dec
+            steps = StepFn.apply(pre_pairs, threshold, bw, to_input)
+            l0 = torch.zeros(len(x), dtype=steps.dtype, device=x.device).index_add(0, rows, steps)
+            fired = torch.bincount(cols[firing], minlength=cfg.d_sae).float()
+        sse = (x_hat - x).pow(2).sum(-1)  # [batch]
+        if cfg.jumprelu_sparsity_loss_mode == "quadratic":
+            penalty = (2 / cfg.target_l0 * (l0 - cfg.target_l0).pow(2)).mean()
+        else:
+            penalty = l0.mean()
+        loss = sse.mean() + coefficient * penalty
+        stats = {"fired": fired, "nnz": fired.sum(), "sse": sse.sum().detach()}
         return loss, stats
 
     @torch.no_grad()
@@ -161,7 +203,9 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} must divide evenly among {self.world} processes")
         self.cfg, self.source = copy.deepcopy(cfg), source
         self.out_dir = None if out_dir is None else Path(out_dir)
-        self.sae = SAE(self.cfg, architecture="jumprelu" if isinstance(cfg, BatchTopKConfig) else None)
+        self.sae = SAE(self.cfg)  # BatchTopK and Matryoshka infer as JumpReLU: SAE keeps the threshold
+        if isinstance(cfg, JumpReLUConfig):
+            self.sae.make_threshold_trainable(cfg.jumprelu_init_threshold)
         self.state = TrainState(since_fired=torch.zeros(cfg.d_sae, dtype=torch.long))
         self.objective = Objective(self.sae, self.cfg)
         self.optimizer = _adam(self.sae, cfg)
@@ -237,11 +281,16 @@ class Trainer:
         return cfg.lr * factor
 
     def l1_at(self, step: int) -> float:
+        """The sparsity coefficient at `step`: L1 (standard) or L0 (JumpReLU), after its linear warm-up."""
         cfg = self.cfg
-        if not isinstance(cfg, StandardConfig):
+        if isinstance(cfg, StandardConfig):
+            coefficient, fraction = cfg.l1_coefficient, cfg.l1_warmup_fraction
+        elif isinstance(cfg, JumpReLUConfig):
+            coefficient, fraction = cfg.l0_coefficient, cfg.l0_warmup_fraction
+        else:
             return 0.0
-        warm = int(cfg.l1_warmup_fraction * cfg.total_steps)
-        return cfg.l1_coefficient * (min(1.0, (step + 1) / warm) if warm else 1.0)
+        warm = int(fraction * cfg.total_steps)
+        return coefficient * (min(1.0, (step + 1) / warm) if warm else 1.0)
 
     # ---- training ----------------------------------------------------------------------------------------
     def dead_mask(self) -> Tensor:
@@ -256,13 +305,18 @@ class Trainer:
         x = x * cfg.norm_scale
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
-        dense = isinstance(cfg, StandardConfig) and self.state.last_l0 > DENSE_ABOVE * cfg.d_sae
+        dense = (
+            isinstance(cfg, (StandardConfig, JumpReLUConfig)) and self.state.last_l0 > DENSE_ABOVE * cfg.d_sae
+        )
         loss, stats = self.module(x, self.dead_mask(), self.l1_at(step), dense)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DistributedDataParallel averages the gradients here
         sae.remove_parallel_grad()
         self.optimizer.step()
         sae.normalize_decoder()
+        if isinstance(cfg, JumpReLUConfig):  # a negative threshold would let negative pre-activations through
+            with torch.no_grad():
+                sae.threshold.clamp_(min=0.0)
         # one all-reduce for everything the processes must agree on
         count = torch.tensor(float(len(x)))
         summary = torch.cat([stats["fired"], torch.stack([stats["nnz"], stats["sse"], loss.detach(), count])])
