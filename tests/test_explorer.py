@@ -219,7 +219,8 @@ def run_id(client, kind: str) -> str:
 
 
 def listed_units(html: str) -> list[int]:
-    return [int(i) for i in re.findall(r"<tr><td class='num'><a href=\"/runs/[^/]+/units/(\d+)\"", html)]
+    """The unit indices of the list page's table, in order (each row carries its index)."""
+    return [int(i) for i in re.findall(r'<tr data-unit="(\d+)"', html)]
 
 
 def token_acts(html: str, where: str = "") -> list[float]:
@@ -388,6 +389,39 @@ def test_model_loads_lazily_once_and_one_per_server(runs, model, tmp_path, monke
         assert loads == ["tiny-llama"]
         other = c.post("/api/runs/b/units/1/activations", json={"text": "the cat"})
         assert other.status_code == 409 and "another-model" in other.json()["error"]["message"]
+
+
+def test_malformed_run_folders_are_listed_as_unreadable_with_the_reason(tmp_path):
+    from html.parser import HTMLParser
+
+    write_run(tmp_path / "good", "probe", "A fine probe run")
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "run.json").write_text('{"kind": "sae", "title": ')  # cut off mid-write
+    write_json(tmp_path / "odd" / "run.json", {"kind": "not-a-kind", "title": "odd"})
+
+    class UnreadableRows(HTMLParser):  # the (folder, reason) cells of the index's unreadable table
+        def __init__(self):
+            super().__init__()
+            self.inside, self.cells = False, []
+
+        def handle_starttag(self, tag, attrs):
+            self.inside |= tag == "div" and ("id", "unreadable") in attrs
+            if self.inside and tag == "td":
+                self.cells.append("")
+
+        def handle_data(self, data):
+            if self.inside and self.cells:
+                self.cells[-1] += data
+
+    with TestClient(create_app(tmp_path)) as c:
+        index = c.get("/")
+        assert index.status_code == 200 and "A fine probe run" in index.text
+        assert [r["title"] for r in c.get("/api/runs").json()] == ["A fine probe run"]
+    parser = UnreadableRows()
+    parser.feed(index.text)
+    reasons = dict(zip(parser.cells[::2], parser.cells[1::2]))
+    assert sorted(reasons) == ["odd", "torn"]
+    assert "not valid JSON" in reasons["torn"] and "'not-a-kind'" in reasons["odd"]
 
 
 def test_sae_run_without_cards_shows_its_report(runs, model, tmp_path):

@@ -4,12 +4,11 @@ report.html."""
 from __future__ import annotations
 
 import gc
-import html
 from pathlib import Path
 
 import torch
 
-from ..report import Text, heatmap, line_chart, page, save_page, table
+from ..report import Text, act_color, heatmap, line_chart, page, render, save_page, table
 from ..runs import write_json, write_run
 from .lens import (
     PromptLens,
@@ -142,20 +141,20 @@ def _lens_page(model, stats: dict, pictures: dict[str, PromptLens], source: str,
 
 def _token_grid(p: PromptLens) -> str:
     """An HTML table, rows = sites, columns = input positions; each cell the lens's top token, shaded by
-    its probability, with the top-k and the KL in the tooltip."""
-    head = "".join(f"<th>{html.escape(repr(t)[1:-1])}</th>" for t in p.tokens)
-    out = [f'<div style="overflow-x:auto"><table><thead><tr><th>layer</th>{head}</tr></thead><tbody>']
-    for i, label in enumerate(_layer_labels(p.sites)):
-        cells = []
-        for j, token in enumerate(p.top_tokens[i]):
-            prob = p.top_probs[i][j]
-            tip = ", ".join(f"{t!r} {q:.2f}" for t, q in p.topk[i][j]) + f" | KL {p.kl[i][j]:.2f}"
-            shade = f"rgba(33,113,181,{0.1 + 0.8 * prob:.2f})"
-            ink = "#fff" if prob > 0.5 else "#1f2328"
-            cells.append(
-                f'<td title="{html.escape(tip)}" style="background:{shade};color:{ink};'
-                f'font-family:monospace;padding:2px 6px">{html.escape(repr(token)[1:-1])}</td>'
-            )
-        out.append(f"<tr><th>{html.escape(label)}</th>{''.join(cells)}</tr>")
-    out.append("</tbody></table></div>")
-    return "\n".join(out)
+    its probability (the token ramp of lmscope.report, probability 1 = full colour), with the top-k and
+    the KL in the tooltip."""
+    rows = [
+        {
+            "label": label,
+            "cells": [
+                {
+                    "token": repr(token)[1:-1],
+                    "color": act_color(p.top_probs[i][j], 1.0),
+                    "tip": ", ".join(f"{t!r} {q:.2f}" for t, q in p.topk[i][j]) + f" | KL {p.kl[i][j]:.2f}",
+                }
+                for j, token in enumerate(p.top_tokens[i])
+            ],
+        }
+        for i, label in enumerate(_layer_labels(p.sites))
+    ]
+    return render("circuits/token_grid.html", tokens=[repr(t)[1:-1] for t in p.tokens], rows=rows)

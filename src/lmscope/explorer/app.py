@@ -69,7 +69,8 @@ class Explorer:
     # ---- pages, as HTML strings (the routes and export_page both call these) -----------------------------
     def index_html(self, export: bool = False) -> str:
         self.catalog.rescan()
-        return pages.index_page(self.catalog.runs, str(self.catalog.root), export)
+        catalog = self.catalog
+        return pages.index_page(catalog.runs, str(catalog.root), export, catalog.unreadable)
 
     def run_html(self, run_id: str, params: dict, export: bool = False) -> str:
         run = self.catalog.get(run_id)

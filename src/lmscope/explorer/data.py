@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runs import RUN_FILE, find_runs
+from ..runs import RUN_FILE, scan_runs
 
 PAGE_SIZE = 256  # SAE cards per features/NNNNN.json file (the contract of SAE runs)
 UNIT_KINDS = ("neurons", "sae")
@@ -71,7 +71,8 @@ class Run:
 
 
 class Catalog:
-    """The runs found under ``root`` (``root`` itself included), by id. Rescans at most every few seconds."""
+    """The runs found under ``root`` (``root`` itself included), by id, and the folders whose run.json
+    cannot be read (listed with the reason, never skipped in silence). Rescans at most every few seconds."""
 
     def __init__(self, root: str | Path, rescan_every: float = 5.0):
         self.root = Path(root).resolve()
@@ -80,6 +81,7 @@ class Catalog:
         self._rescan_every, self._scanned_at = rescan_every, -math.inf
         self._lock = threading.Lock()
         self._runs: dict[str, Run] = {}
+        self.unreadable: list[tuple[str, str]] = []  # (folder relative to the root, why it cannot be read)
         self.rescan(force=True)
 
     def rescan(self, force: bool = False) -> None:
@@ -88,7 +90,8 @@ class Catalog:
             if not force and time.monotonic() - self._scanned_at < self._rescan_every:
                 return
             runs: dict[str, Run] = {}
-            for path, record in find_runs(self.root):
+            found, unreadable = scan_runs(self.root)
+            for path, record in found:
                 parts = path.relative_to(self.root).parts or (self.root.name,)
                 run_id, n = _slug(parts), 2
                 while run_id in runs:  # two folders that slug alike: number the later one
@@ -99,6 +102,7 @@ class Catalog:
                     if old is not None and old.path == path
                     else Run(run_id, path, record, "/".join(parts))
                 )
+            self.unreadable = [("/".join(p.relative_to(self.root).parts) or ".", why) for p, why in unreadable]
             self._runs, self._scanned_at = runs, time.monotonic()
 
     @property

@@ -16,11 +16,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..report import Text, bar_chart, line_chart, page, save_page, table
+from ..report import Text, bar_chart, example_html, line_chart, page, render, save_page, table
 from ..runs import read_json, write_json, write_run
+from .documents import cached_document_means, corpus_splits, features_of, targets
 from .neurons import SITE_KIND, ablation_effects, superposition_fingerprint, unit_activations, unit_cards
 from .probe_report import _layers
-from .runs import cached_document_means, corpus_splits, example_html, features_of, targets
 from .sweeps import best_neurons
 
 
@@ -158,23 +158,22 @@ def run_neurons(
 
 
 def _card_html(card: dict, n_examples: int = 5) -> str:
-    promoted = ", ".join(repr(t) for t, _ in card["promoted"][:8])
-    suppressed = ", ".join(repr(t) for t, _ in card["suppressed"][:8])
     probe = card.get("extra", {}).get("probe", {})
     # A neuron that is lower on its feature shows the feature in its most negative examples.
     negative = probe.get("sign", 1) < 0 and card["extra"].get("bottom_examples")
-    shown = card["extra"]["bottom_examples"] if negative else card["top_examples"]
-    scale = max(abs(a) for ex in shown[:n_examples] for a in ex["acts"]) if shown else None
-    examples = f"<p>{'lowest' if negative else 'highest'} activations:</p>" + "".join(
-        example_html(ex, scale) for ex in shown[:n_examples]
-    )
-    ablation = card.get("ablation", {}).get("loss_delta", {})
-    zeroing = ", ".join(f"{lab} {v:+.4f}" for lab, v in ablation.items())
-    return (
-        f"<h3>{card['title']}</h3><p>max {card['max_act']:.3g}, mean {card['mean_act']:.3g}, density "
-        f"{card['density']:.3f}; 1-sparse test F1 {probe.get('f1', float('nan')):.3f}</p>"
-        f"<p>promotes: {_esc(promoted)}<br>suppresses: {_esc(suppressed)}"
-        f"{'<br>zeroing it, loss change: ' + _esc(zeroing) if zeroing else ''}</p>{examples}"
+    shown = (card["extra"]["bottom_examples"] if negative else card["top_examples"])[:n_examples]
+    scale = max((abs(a) for ex in shown for a in ex["acts"] if a is not None), default=1.0)
+    return render(
+        "features/neuron_card.html",
+        card=card,
+        f1=probe.get("f1", float("nan")),
+        promoted=", ".join(repr(t) for t, _ in card["promoted"][:8]),
+        suppressed=", ".join(repr(t) for t, _ in card["suppressed"][:8]),
+        zeroing=", ".join(
+            f"{lab} {v:+.4f}" for lab, v in card.get("ablation", {}).get("loss_delta", {}).items()
+        ),
+        which="lowest" if negative else "highest",
+        examples=[example_html(ex, scale) for ex in shown],
     )
 
 
@@ -182,19 +181,13 @@ CARD_NOTE = (
     "Promotes / suppresses: the tokens whose logits the neuron's output weights raise and lower most, "
     "W_out[n] times the final norm's weight, through W_U. RMSNorm also divides by the residual's norm, "
     "which depends on the input, so that scale is left out (it does not change the ranking). Examples are "
-    "from the test documents, shaded by activation (red positive, blue negative), the peak outlined; a "
+    "from the test documents, shaded by activation (orange positive, blue negative), the peak underlined; a "
     "neuron that is lower on its feature (sign -) shows its lowest activations."
 )
 
 
 def _units(units: list) -> str:
     return ", ".join(f"L{layer} N{neuron}" for layer, neuron in units)
-
-
-def _esc(text: str) -> str:
-    import html
-
-    return html.escape(text)
 
 
 def _ablation_chart(name: str, effect: dict):

@@ -21,7 +21,7 @@ from ..report import Text, line_chart, page, save_page, table
 from ..runs import write_json, write_run
 from .basis import basis_kurtosis_by_site
 from .collect import bigram_examples, frequent_bigram, token_activations
-from .runs import cached_document_means, corpus_splits, features_of, targets
+from .documents import cached_document_means, corpus_splits, features_of, targets
 from .sweeps import DEFAULT_KS, best_neurons, probe_sweep, summarize_sweep
 
 KURTOSIS_TOKENS = 1024  # random document tokens whose activations the privileged-basis statistics read

@@ -7,16 +7,16 @@ lmscope, and nothing in the output loads an external resource: no scripts, fonts
 
 from __future__ import annotations
 
-import html
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..runs import write_atomic
+from .html import page
+from .markup import esc
 
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
 DIVERGING = ["#2166ac", "#67a9cf", "#d1e5f0", "#f7f7f7", "#fddbc7", "#ef8a62", "#b2182b"]  # ColorBrewer RdBu
@@ -42,12 +42,13 @@ class Figure:
     def __str__(self) -> str:
         return self.svg
 
+    def __html__(self) -> str:  # a Figure goes into a template as is, not escaped
+        return self.svg
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write to ``path``: a full HTML page if it ends with ``.html``, otherwise an SVG file."""
         path = Path(path)
         if path.suffix.lower() in (".html", ".htm"):
-            from .html import page  # html.py imports this module, so import it only when needed
-
             return write_atomic(path, page(self.title or path.stem, [("", self)]))
         return write_atomic(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + _standalone_svg(self.svg))
 
@@ -58,12 +59,6 @@ def _standalone_svg(svg: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- helpers
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not allowed in XML 1.0 (tokens can hold them)
-
-
-def _esc(text: object) -> str:
-    """Escape any value for SVG/HTML text or attributes; control characters become visible ``\\xNN``."""
-    return html.escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text)), quote=True)
 
 
 def _as_array(values: object, name: str, ndim: int | None = None) -> np.ndarray:
@@ -120,7 +115,7 @@ def _short(label: str, limit: int = 20) -> str:
 def _text(x: float, y: float, s: str, anchor: str = "middle", size: float = 11, **attrs: str) -> str:
     extra = "".join(f' {k.replace("_", "-")}="{v}"' for k, v in attrs.items())
     return (
-        f'<text x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}" font-size="{_n(size)}"{extra}>{_esc(s)}</text>'
+        f'<text x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}" font-size="{_n(size)}"{extra}>{esc(s)}</text>'
     )
 
 
@@ -130,13 +125,13 @@ def _line(x1: float, y1: float, x2: float, y2: float, stroke: str = INK, **attrs
 
 
 def _tip(text: str) -> str:
-    return f"<title>{_esc(text)}</title>"
+    return f"<title>{esc(text)}</title>"
 
 
 def _figure(width: float, height: float, body: list[str], title: str = "") -> Figure:
     head = (
         f'<svg width="{_n(width)}" height="{_n(height)}" viewBox="0 0 {_n(width)} {_n(height)}" role="img" '
-        f'aria-label="{_esc(title or "chart")}" font-family="{FONT}" font-size="11" fill="{INK}" '
+        f'aria-label="{esc(title or "chart")}" font-family="{FONT}" font-size="11" fill="{INK}" '
         'style="white-space:pre;background:#ffffff">'
     )
     if title:
@@ -338,12 +333,12 @@ def heatmap(
         f'<g class="cells" transform="translate({_n(left)},{_n(top)}) scale({cw:.4g},{ch:.4g})" '
         'shape-rendering="crispEdges">'
     ]
-    erows, ecols = [_esc(s) for s in rows], [_esc(s) for s in cols]
+    erows, ecols = [esc(s) for s in rows], [esc(s) for s in cols]
     for i in range(n_rows):
         for j in range(n_cols):
             parts.append(
                 f'<rect x="{j}" y="{i}" width="1" height="1" fill="{colors[i][j]}">'
-                f"<title>{erows[i]}, {ecols[j]}: {_esc(texts[i][j])}</title></rect>"
+                f"<title>{erows[i]}, {ecols[j]}: {esc(texts[i][j])}</title></rect>"
             )
     parts.append("</g>")
     longest = max(len(t) for r in texts for t in r)

@@ -1,10 +1,8 @@
 """Plumbing shared by `lmscope probe` and `lmscope neurons`: corpus splits as token datasets, the features
-probed (one per label, plus code vs prose), per-document activations cached in the run folder, and the
-HTML of a highlighted text example."""
+probed (one per label, plus code vs prose), and per-document activations cached in the run folder."""
 
 from __future__ import annotations
 
-import html
 import json
 import sys
 from collections.abc import Sequence
@@ -130,25 +128,3 @@ def _load_means(path: Path, key: str, sites: list[str], sample_tokens: int) -> D
     names = json.loads(meta["label_names"])
     means = (tensors["means"], tensors["doc_index"], tensors["labels"], tensors["n_tokens"])
     return DocumentMeans(*means, names, list(sites), sample)
-
-
-def _shown(token: str) -> str:
-    return token.replace("\n", "⏎").replace("\t", "⇥") or "∅"
-
-
-def example_html(example: dict, scale: float | None = None) -> str:
-    """A text example ({"tokens", "acts", "peak", "label"}) as inline HTML: each token shaded by its
-    activation relative to `scale` (default: the example's own peak), the peak token outlined."""
-    acts = example["acts"]
-    scale = scale or max((abs(a) for a in acts), default=1.0) or 1.0
-    spans = []
-    for i, (tok, act) in enumerate(zip(example["tokens"], acts)):
-        alpha = min(1.0, abs(act) / scale)
-        rgb = "214,96,77" if act >= 0 else "67,147,195"
-        border = "outline:1px solid #333;" if i == example["peak"] else ""
-        spans.append(
-            f'<span title="{act:.3g}" style="background:rgba({rgb},{alpha:.2f});{border}white-space:pre">'
-            f"{html.escape(_shown(tok))}</span>"
-        )
-    label = html.escape(example.get("label", ""))
-    return f'<div style="margin:2px 0;font-family:monospace"><b>[{label}]</b> {"".join(spans)}</div>'
