@@ -398,3 +398,60 @@ def test_unsupported_model_type_names_the_supported_ones_and_the_closest():
     with pytest.raises(NotImplementedError, match="Supported: ") as err:
         adapter_for(cfg)
     assert "closest" not in str(err.value)
+
+
+def test_load_refuses_an_unsupported_model_type_before_loading(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_moe", "hidden_size": 8}))
+    with pytest.raises(NotImplementedError, match="closest supported one is 'qwen2'") as err:
+        ls.load(tmp_path)
+    assert "gemma3_text" in str(err.value) and "mixtral" in str(err.value)
+
+
+@torch.no_grad()
+def test_resid_mid_writes_flow_on(family, tokens):
+    """Writing resid_mid (also behind post-norms) is what the MLP reads and what resid_post builds on."""
+    _, model = family
+    if model.cfg.parallel_residual:
+        pytest.skip("parallel residual: the MLP reads resid_pre")
+    other = torch.randint(2, 64, tokens.shape, generator=torch.Generator().manual_seed(7))
+    logits_b, cache_b = model.run_with_cache(other, sites=["blocks.0.resid_mid", "blocks.0.resid_post"])
+    patch = ls.Patch("blocks.0.resid_mid", source=cache_b)
+    logits, cache = model.run_with_cache(tokens, sites=["blocks.0.resid_post"], interventions=[patch])
+    torch.testing.assert_close(
+        cache["blocks.0.resid_post"], cache_b["blocks.0.resid_post"], atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(logits, logits_b, atol=ATOL, rtol=RTOL)
+
+
+@torch.no_grad()
+def test_moe_writes_reroute(family, tokens):
+    _, model = family
+    if not model.cfg.n_experts:
+        pytest.skip("dense MLP")
+    ref = model.hf(tokens).logits
+    rewrite = [
+        ("blocks.*.mlp.router_logits", lambda act, site: act.clone())
+    ]  # re-routes from the same logits
+    assert torch.equal(model(tokens, interventions=rewrite), ref)
+    rewrite = [
+        ("blocks.*.mlp.routing", lambda act, site: act.clone())
+    ]  # every expert runs, weight 0 off top-k
+    torch.testing.assert_close(model(tokens, interventions=rewrite), ref, atol=ATOL, rtol=RTOL)
+
+    def only_expert_1(act, site):
+        return torch.zeros_like(act).index_fill(-1, torch.tensor([1]), 1.0)
+
+    _, cache = model.run_with_cache(
+        tokens,
+        sites=["blocks.0.mlp.out", "blocks.0.resid_mid"],
+        interventions=[("blocks.0.mlp.routing", only_expert_1)],
+    )
+    w = model.weights
+    x2 = model.parts.layers[0].ln2(cache["blocks.0.resid_mid"])
+    by_hand = (ACT2FN[model.cfg.act_fn](x2 @ w.W_gate(0)[1]) * (x2 @ w.W_in(0)[1])) @ w.W_out(0)[1]
+    torch.testing.assert_close(cache["blocks.0.mlp.out"], by_hand, atol=ATOL, rtol=RTOL)
+    routed = model(tokens, interventions=[ls.Ablate("blocks.1.mlp.expert_post")])  # layer 1's experts off
+    skip_mlp = [("blocks.1.mlp.out", lambda act, site: torch.zeros_like(act))]
+    torch.testing.assert_close(routed, model(tokens, interventions=skip_mlp), atol=ATOL, rtol=RTOL)

@@ -115,9 +115,28 @@ def _dtype(dtype) -> torch.dtype:
     return names[dtype]
 
 
+def check_supported(folder: Path | str) -> None:
+    """Refuse a model lmscope has no adapter for before loading its weights; the error names the supported
+    model types and the closest one. A local folder's config.json is read directly, so a model_type that
+    transformers itself does not know gets the same message."""
+    import json
+
+    from .adapters import adapter_for
+
+    config_file = Path(folder) / "config.json"
+    if config_file.is_file():
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        adapter_for(type("HFConfig", (), {"model_type": model_type}))
+        return
+    from transformers import AutoConfig
+
+    adapter_for(AutoConfig.from_pretrained(folder))
+
+
 def _from_folder(folder: Path | str, dtype, device, attn_implementation, name: str) -> Model:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_supported(folder)
     kwargs = {"dtype": _dtype(dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
