@@ -108,3 +108,102 @@ def test_cli_sites_run_and_errors(llama_folder, capsys):
     assert "empty prompt" in capsys.readouterr().err
     assert main(["run", "x", "--model", str(folder / "nope")]) == 2
     assert "no model at" in capsys.readouterr().err
+
+
+def _help(capsys, command: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare with single spaces
+
+
+def test_cli_defaults_live_in_the_dataclasses(capsys):
+    """The one-place rule: --help shows the config's default, and a bare command line builds exactly the
+    dataclass's defaults (so no flag carries a default of its own)."""
+    from lmscope.cli import COMMANDS, build_parser
+    from lmscope.cli.flags import build
+    from lmscope.features.sae.config import SAEConfig, TopKConfig
+    from lmscope.features.sae.run import SAECommand
+
+    text = _help(capsys, "sae")
+    assert f"--k K TopK architectures: active features per token (default: {TopKConfig.k})" in text
+    assert f"--batch-size BATCH_SIZE tokens per optimizer step (default: {SAEConfig.batch_size})" in text
+    parser = build_parser()
+    args = parser.parse_args(["sae", "train", "run"])
+    assert build(SAECommand, args) == SAECommand(action="train", run_dir="run")
+    assert SAECommand(action="train").k == TopKConfig.k and SAECommand(action="x").tokens == SAEConfig.total_tokens
+    args = parser.parse_args(["sae", "train", "run", "--tokens", "500k", "--k", "8", "--dead-tokens", "2M"])
+    assert (build(SAECommand, args).tokens, build(SAECommand, args).k) == (500_000, 8)
+    assert build(SAECommand, args).dead_tokens == 2_000_000
+    for command in COMMANDS:  # every command's --help renders (its dataclass's types are understood)
+        assert command in _help(capsys, command)
+
+
+def test_cli_flags_from_a_dataclass():
+    import argparse
+    from dataclasses import dataclass, field
+
+    from lmscope.cli.flags import add_flags, build
+
+    @dataclass
+    class Options:
+        name: str = field(metadata={"positional": True})
+        size: int = 3
+        rate: float | None = None
+        names: list[str] | None = field(default=None, metadata={"sep": ","})
+        values: tuple[float, ...] = (0.5,)
+        check: bool = True
+        verbose: bool = False
+        resume: bool = field(default=True, metadata={"flag": "--restart"})
+        count: int = field(default=2_000, metadata={"parse": lambda text: int(text.rstrip("k")) * 1000})
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Options)
+    assert build(Options, parser.parse_args(["a"])) == Options("a")
+    got = build(
+        Options,
+        parser.parse_args(
+            ["b", "--size", "4", "--rate", "0.1", "--names", "x,,y", "--values", "1", "2"]
+            + ["--no-check", "--verbose", "--restart", "--count", "5k"]
+        ),
+    )
+    assert got == Options("b", 4, 0.1, ["x", "y"], [1.0, 2.0], False, True, False, 5000)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["c", "--size", "many"])
+
+
+def test_audit_refuses_training_flags_with_a_subspace(llama_folder, tmp_path, capsys, monkeypatch):
+    """An audited subspace is not trained: --k/--epochs/--lr with it are an error naming them (they used to
+    be silently ignored); without a subspace (lmscope das) they reach DAS training."""
+    from lmscope.causal import das_report
+
+    folder, _ = llama_folder
+    base = ["--model", str(folder), "--site", "blocks.1.resid_post", "--out", str(tmp_path / "a")]
+    for flags in (["--k", "2"], ["--epochs", "3", "--lr", "0.1"]):
+        assert main(["audit", *base, "--subspace", "mean_difference", *flags]) == 2
+        err = capsys.readouterr().err
+        given = [flag.lstrip("-") for flag in flags[::2]]
+        assert "lmscope audit: error:" in err and "configure DAS training" in err
+        assert all(f"{name}=" in err for name in given) and "--" + "/--".join(given) in err
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ValueError, match="epochs=3 configure DAS training"):
+        das_report.run_das_audit(None, "blocks.1.resid_post", tmp_path / "b", subspace="probe", epochs=3)
+
+    class Trained(Exception):
+        pass
+
+    seen = {}
+
+    def fake_das(model, task, site, **kwargs):
+        seen.update(kwargs)
+        raise Trained
+
+    monkeypatch.setattr(das_report, "ioi_position_tasks", lambda model, n, n_test, seed: ("train", "test"))
+    monkeypatch.setattr(das_report, "das", fake_das)
+    with pytest.raises(Trained):
+        main(["das", *base, "--k", "2", "--epochs", "3", "--lr", "0.1"])
+    assert (seen["k"], seen["epochs"], seen["lr"]) == (2, 3, 0.1)
+    with pytest.raises(Trained):
+        main(["das", *base])
+    defaults = das_report.DASOptions(site="x")
+    assert (seen["k"], seen["epochs"], seen["lr"]) == (defaults.k, defaults.epochs, defaults.lr)

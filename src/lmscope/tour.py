@@ -4,6 +4,7 @@ cached as a run folder, then the explorer over all of them."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,6 +15,19 @@ from .model.sites import split_site
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 SAE_SITE = "blocks.6.resid_post"
+
+
+@dataclass
+class TourOptions:
+    """What `lmscope tour` sets (run_tour's defaults are these)."""
+
+    top_k: int = field(default=5, metadata={"help": "predictions shown for the tour's prompt"})
+    root: str | None = field(
+        default=None,
+        metadata={"flag": "--out", "help": "where the tour's run folders go (default: <cache>/tour)"},
+    )
+    port: int = field(default=8765, metadata={"help": "the explorer's port (the same default as explore's)"})
+    serve: bool = field(default=True, metadata={"help": "stop after the stages instead of serving"})
 
 
 def top_predictions(model: Model, logits: torch.Tensor, k: int) -> list[tuple[str, float]]:
@@ -55,11 +69,11 @@ def _stage(name: str, run_dir: Path, build, out) -> float:
 
 def run_tour(
     model_name: str | None = None,
-    top_k: int = 5,
+    top_k: int = TourOptions.top_k,
     out=print,
-    root: str | Path | None = None,
-    serve: bool = True,
-    port: int = 8765,
+    root: str | Path | None = TourOptions.root,
+    serve: bool = TourOptions.serve,
+    port: int = TourOptions.port,
     scale: float = 1.0,
 ) -> dict:
     """The README's main job: look inside, find a context neuron, train a small SAE, patch IOI, run DAS

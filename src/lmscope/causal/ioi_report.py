@@ -129,8 +129,27 @@ def _roles(model, task, head_sweep, dla) -> list[dict]:
     return roles
 
 
+@dataclass
+class IOIOptions:
+    """What `lmscope ioi` sets (run_ioi's and write_ioi_report's defaults are these)."""
+
+    n: int = field(default=20, metadata={"help": "prompt pairs for the patching sweeps"})
+    n_eval: int = field(default=100, metadata={"help": "prompt pairs for accuracy"})
+    seed: int = 0
+    out: str = field(default="ioi_report.html", metadata={"help": "the HTML report to write"})
+
+    def __post_init__(self):
+        if self.n < 2:
+            raise ValueError(f"--n must be at least 2 prompt pairs, got {self.n}")
+
+
 def run_ioi(
-    model, n: int = 20, n_eval: int = 100, seed: int = 0, progress: bool = True, log=print
+    model,
+    n: int = IOIOptions.n,
+    n_eval: int = IOIOptions.n_eval,
+    seed: int = IOIOptions.seed,
+    progress: bool = True,
+    log=print,
 ) -> IOIReport:
     """Run every stage on `model` and return the report (numbers first; .to_html() for the page)."""
     timings = {}
@@ -244,6 +263,6 @@ def run_ioi(
     return IOIReport(performance, head_sweep, position_sweep, agreement, roles, sections, timings)
 
 
-def write_ioi_report(model, path: str | Path = "ioi_report.html", **kwargs) -> tuple[IOIReport, Path]:
+def write_ioi_report(model, path: str | Path = IOIOptions.out, **kwargs) -> tuple[IOIReport, Path]:
     report = run_ioi(model, **kwargs)
     return report, save_page(report.to_html(model.cfg.name), path)

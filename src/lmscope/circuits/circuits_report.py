@@ -3,6 +3,7 @@ pair, and a close look at chosen heads, as JSON + safetensors and a self-contain
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +22,27 @@ from .qkov import (
     token_residuals,
 )
 from .text import describe_source, text_contexts
+
+
+@dataclass
+class CircuitsOptions:
+    """What `lmscope circuits` sets (write_circuits_run's defaults are these)."""
+
+    heads: list[str] | None = field(
+        default=None,
+        metadata={"sep": ",", "help": "heads to look at closely, e.g. blocks.23.attn.z[0],L24H4"},
+    )
+    tokens: list[str] | None = field(
+        default=None,
+        metadata={
+            "sep": ",",
+            "help": "comma-separated single tokens for the restricted circuits, as they appear in text "
+            "(mid-sentence words start with a space: ' Mary, John'); default: 16 first names, also seen in "
+            "IOI prompts",
+        },
+    )
+    offset: int = field(default=0, metadata={"help": "relative position for rotary QK circuits"})
+    out: str = field(default="circuits_run", metadata={"help": "run folder to write"})
 
 
 def default_tokens(model) -> list[str]:
@@ -64,7 +86,12 @@ def top_neuron_writers(model, head: str, part: str, k: int = 10) -> list[dict]:
 
 
 def write_circuits_run(
-    model, out_dir: str | Path, *, heads: list[str], tokens: list[str] | None = None, offset: int = 0
+    model,
+    out_dir: str | Path,
+    *,
+    heads: list[str],
+    tokens: list[str] | None = None,
+    offset: int = CircuitsOptions.offset,
 ) -> Path:
     """Copying scores of every head (whole vocabulary; `tokens` as embeddings and in context), composition
     scores of every head pair, and for each of `heads`: its OV and QK circuits on `tokens`, its composition

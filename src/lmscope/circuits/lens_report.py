@@ -4,6 +4,7 @@ report.html."""
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,18 +26,42 @@ from .text import describe_source, text_contexts
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
+@dataclass
+class LensOptions:
+    """What `lmscope lens` sets besides the tuned lens's TrainConfig (write_lens_run's defaults are these)."""
+
+    prompt: str = field(default=DEFAULT_PROMPT, metadata={"help": "the prompt to picture"})
+    train: bool = field(
+        default=False, metadata={"help": "train a tuned lens on corpus text (saved in --out)"}
+    )
+    lens_dir: str | None = field(
+        default=None,
+        metadata={"flag": "--lens", "help": "a run folder holding a trained tuned lens to evaluate"},
+    )
+    train_tokens: int = field(
+        default=32768, metadata={"flag": "--tokens", "help": "training tokens to cache"}
+    )
+    eval_tokens: int = field(default=2048, metadata={"help": "held-out tokens"})
+    ctx_len: int = field(default=128, metadata={"help": "tokens per context"})
+    corpus: str | None = field(
+        default=None,
+        metadata={"help": "corpus folder (default: the default corpus, else Python stdlib files)"},
+    )
+    out: str = field(default="lens_run", metadata={"help": "run folder to write"})
+
+
 def write_lens_run(
     model,
     out_dir: str | Path,
     *,
-    prompt: str = DEFAULT_PROMPT,
-    train: bool = False,
-    train_tokens: int = 32768,
-    eval_tokens: int = 2048,
+    prompt: str = LensOptions.prompt,
+    train: bool = LensOptions.train,
+    train_tokens: int = LensOptions.train_tokens,
+    eval_tokens: int = LensOptions.eval_tokens,
     lens_dir: str | Path | None = None,
     corpus: str | Path | None = None,
     cfg: TrainConfig | None = None,
-    ctx_len: int = 128,
+    ctx_len: int = LensOptions.ctx_len,
     progress: bool = True,
 ) -> Path:
     """Logit lens (and a tuned lens, trained here or loaded from `lens_dir`) on held-out text and a prompt.

@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..report import Text, page, save_page, table
@@ -30,6 +31,46 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = "lmscope-corpus"
 
 
+@dataclass
+class CorpusOptions:
+    """What `lmscope corpus` sets (build_corpus's defaults are these)."""
+
+    action: str = field(
+        metadata={
+            "positional": True,
+            "choices": ("build", "sources"),
+            "help": "build: write a corpus; sources: list what is here",
+        }
+    )
+    out: str | None = field(
+        default=None, metadata={"help": "corpus folder (default: <cache>/corpora/default)"}
+    )
+    labels: list[str] | None = field(
+        default=None,
+        metadata={"sep": ",", "help": "comma-separated, e.g. english,french,python (default: all present)"},
+    )
+    max_docs_per_label: int = field(
+        default=400, metadata={"flag": "--max-docs", "help": "documents per label at most"}
+    )
+    max_chars: int = field(default=4000, metadata={"help": "characters per document at most"})
+    test_fraction: float = 0.2
+    seed: int = 0
+    workers: int = field(default=2, metadata={"help": "parallel man-page renders"})
+    text: list[str] | None = field(
+        default=None,
+        metadata={"action": "append", "metavar": "LABEL=FOLDER", "help": "add your .txt files (repeatable)"},
+    )
+    jsonl: list[str] | None = field(
+        default=None,
+        metadata={
+            "action": "append",
+            "metavar": "FILE",
+            "help": 'add a JSONL of {"text", "label"} (repeatable)',
+        },
+    )
+    builtin: bool = field(default=True, metadata={"help": "use only --text/--jsonl sources"})
+
+
 def default_corpus_dir() -> Path:
     """Where `lmscope corpus build` writes and other commands look when no folder is given."""
     from ..model import cache_root
@@ -40,14 +81,14 @@ def default_corpus_dir() -> Path:
 def build_corpus(
     out_dir: str | os.PathLike,
     labels: Sequence[str] | None = None,
-    max_docs_per_label: int = 400,
-    max_chars: int = 4000,
-    test_fraction: float = 0.2,
-    seed: int = 0,
+    max_docs_per_label: int = CorpusOptions.max_docs_per_label,
+    max_chars: int = CorpusOptions.max_chars,
+    test_fraction: float = CorpusOptions.test_fraction,
+    seed: int = CorpusOptions.seed,
     *,
     sources: Sequence[Source] | None = None,
     min_chars: int = 200,
-    workers: int = 2,
+    workers: int = CorpusOptions.workers,
     progress: bool = True,
 ) -> Path:
     """Collect, de-duplicate and split documents; write the corpus folder and return its path.

@@ -23,6 +23,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,32 @@ from .shardio import RowWriter
 from .store_reader import FORMAT, MANIFEST, TOKEN_FIELDS, TOKENS, ActivationStore, shard_path
 from .tokens import TokenDataset, tokenizer_hash
 
+
+@dataclass
+class HarvestOptions:
+    """What `lmscope harvest` sets (harvest_corpus's and harvest's defaults are these)."""
+
+    sites: list[str] = field(
+        metadata={"sep": ",", "help": "comma-separated names or globs, e.g. 'blocks.*.mlp.post'"}
+    )
+    corpus: str | None = field(
+        default=None, metadata={"help": "corpus folder (default: <cache>/corpora/default)"}
+    )
+    split: str = field(default="train", metadata={"choices": ("train", "test", "all")})
+    labels: list[str] | None = field(
+        default=None, metadata={"sep": ",", "help": "labels to keep (default: all)"}
+    )
+    ctx_len: int = field(default=128, metadata={"help": "tokens per context"})
+    max_contexts: int | None = field(default=None, metadata={"help": "stop after this many contexts"})
+    dtype: str = field(default="float32", metadata={"choices": ("float32", "float16", "bfloat16")})
+    batch_size: int = 16
+    shard_tokens: int = 65536
+    resume: bool = field(
+        default=True, metadata={"flag": "--restart", "help": "start over instead of resuming --out"}
+    )
+    out: str | None = field(default=None, metadata={"help": "store folder (default: <cache>/stores/default)"})
+
+
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 # Settings that must match for a harvest to resume into an existing folder.
 _RESUME_KEYS = ("model", "sites", "dtype", "dataset_hash", "tokenizer_hash", "shard_tokens", "batch_size")
@@ -45,10 +72,10 @@ def harvest(
     dataset: TokenDataset,
     sites: str | Iterable[str],
     out_dir: str | os.PathLike,
-    dtype: str | torch.dtype = "float32",
-    batch_size: int = 16,
-    shard_tokens: int = 65536,
-    resume: bool = True,
+    dtype: str | torch.dtype = HarvestOptions.dtype,
+    batch_size: int = HarvestOptions.batch_size,
+    shard_tokens: int = HarvestOptions.shard_tokens,
+    resume: bool = HarvestOptions.resume,
     *,
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
@@ -126,9 +153,9 @@ def harvest_corpus(
     sites: str | Iterable[str],
     out_dir: str | os.PathLike,
     corpus: str | os.PathLike | None = None,
-    split: str | None = "train",
+    split: str | None = HarvestOptions.split,
     labels: Iterable[str] | None = None,
-    ctx_len: int = 128,
+    ctx_len: int = HarvestOptions.ctx_len,
     max_contexts: int | None = None,
     **harvest_kwargs,
 ) -> ActivationStore:

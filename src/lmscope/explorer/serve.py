@@ -3,12 +3,52 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from ..runs import write_atomic
 from .app import Explorer, create_app
 from .data import NotFound
+
+
+@dataclass
+class ExploreOptions:
+    """What `lmscope explore` sets: where the runs are, where to serve, or a page to write instead."""
+
+    run_dir: str = field(
+        default=".", metadata={"positional": True, "help": "a run folder or a folder of them"}
+    )
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "address to bind (127.0.0.1: this machine only)"}
+    )
+    port: int = field(default=8765, metadata={"help": "port to serve on"})
+    model: str | None = field(
+        default=None, metadata={"help": "model for the live box (default: the one each run names)"}
+    )
+    export: str | None = field(
+        default=None,
+        metadata={"metavar": "PAGE", "help": "write PAGE (e.g. /runs/ID/units/12) to --out instead"},
+    )
+    out: str = field(default="lmscope-page.html", metadata={"help": "file for --export"})
+
+
+@dataclass
+class ExportOptions:
+    """What `lmscope export` sets: one explorer page written as a self-contained HTML file."""
+
+    run_dir: str = field(metadata={"positional": True, "help": "a run folder or a folder of them"})
+    page: str = field(
+        metadata={
+            "positional": True,
+            "help": "the page's address, e.g. / or /runs/ID or '/runs/ID/units/12?text=hello'",
+        }
+    )
+    out: str = field(metadata={"help": "the HTML file to write"})
+    model: str | None = field(
+        default=None, metadata={"help": "model for a page with ?text= (default: the run's own)"}
+    )
+
 
 _ROUTES = [
     (re.compile(r"^/?$"), "index"),
@@ -43,7 +83,11 @@ def export_page(root: str | Path, page: str, out: str | Path, model=None) -> Pat
 
 
 def serve(
-    root: str | Path, host: str = "127.0.0.1", port: int = 8765, model=None, log_level: str = "warning"
+    root: str | Path,
+    host: str = ExploreOptions.host,
+    port: int = ExploreOptions.port,
+    model=None,
+    log_level: str = "warning",
 ) -> None:
     """Serve the explorer over the runs under ``root`` until interrupted (Ctrl-C).
 

@@ -14,14 +14,28 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..report import Text, bar_chart, example_html, line_chart, page, render, save_page, table
 from ..runs import read_json, write_json, write_run
 from .documents import cached_document_means, corpus_splits, features_of, targets
 from .neurons import SITE_KIND, ablation_effects, superposition_fingerprint, unit_activations, unit_cards
-from .probe_report import _layers
+from .probe_report import CorpusSweepOptions, _layers
 from .sweeps import best_neurons
+
+
+@dataclass
+class NeuronsOptions(CorpusSweepOptions):
+    """What `lmscope neurons` sets (run_neurons's defaults are these)."""
+
+    per_feature: int = field(default=3, metadata={"help": "neurons per feature: cards + ablations"})
+    n_ablate: int = field(default=1, metadata={"help": "best neurons zeroed together"})
+    ablation_docs: int = field(default=12, metadata={"help": "test documents per label for ablations"})
+    from_probe: str | None = field(
+        default=None, metadata={"help": "a probe run folder whose activations to reuse"}
+    )
+    out: str = field(default="neurons_run", metadata={"help": "run folder to write"})
 
 
 def _context_split(effect: dict, in_labels: list[str]) -> dict:
@@ -72,13 +86,13 @@ def run_neurons(
     corpus: str | Path | None = None,
     labels: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
-    n_train: int = 150,
-    n_test: int = 50,
-    ctx_len: int = 128,
-    per_feature: int = 3,
-    n_ablate: int = 1,
-    ablation_docs: int = 12,
-    seed: int = 0,
+    n_train: int = NeuronsOptions.n_train,
+    n_test: int = NeuronsOptions.n_test,
+    ctx_len: int = NeuronsOptions.ctx_len,
+    per_feature: int = NeuronsOptions.per_feature,
+    n_ablate: int = NeuronsOptions.n_ablate,
+    ablation_docs: int = NeuronsOptions.ablation_docs,
+    seed: int = NeuronsOptions.seed,
     progress: bool = True,
     from_probe: str | Path | None = None,
 ) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.tokens import tokenize_corpus
@@ -22,9 +23,70 @@ from ..runs import write_json, write_run
 from .basis import basis_kurtosis_by_site
 from .collect import bigram_examples, frequent_bigram, token_activations
 from .documents import cached_document_means, corpus_splits, features_of, targets
+from .probing import METHODS
 from .sweeps import DEFAULT_KS, best_neurons, probe_sweep, summarize_sweep
 
 KURTOSIS_TOKENS = 1024  # random document tokens whose activations the privileged-basis statistics read
+
+
+def int_list(text: str | None) -> list[int] | None:
+    """'0-3,8,10' -> [0, 1, 2, 3, 8, 10]; None stays None."""
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ValueError(f"expected numbers and ranges like '0-3,8', got {text!r}")
+        out += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+    return out
+
+
+def parse_bigram(text: str) -> tuple[str, str] | str | None:
+    """'auto' -> 'auto', 'none' -> None, ' standard| output' -> (' standard', ' output')."""
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    first, sep, second = text.partition("|")
+    if not sep:
+        raise ValueError(
+            f"the bigram is 'FIRST|SECOND' (e.g. ' standard| output'), auto or none; got {text!r}"
+        )
+    return first, second
+
+
+@dataclass
+class CorpusSweepOptions:
+    """What `lmscope probe` and `lmscope neurons` share: which documents, layers and seed."""
+
+    corpus: str | None = field(
+        default=None, metadata={"help": "corpus folder (default: the default corpus, built if missing)"}
+    )
+    labels: list[str] | None = field(
+        default=None,
+        metadata={"sep": ",", "help": "labels, e.g. english,french,german,python (default: all)"},
+    )
+    layers: list[int] | None = field(
+        default=None, metadata={"parse": int_list, "help": "e.g. '0-29' or '4,8,12' (default: every layer)"}
+    )
+    n_train: int = field(default=150, metadata={"help": "train documents per label"})
+    n_test: int = field(default=50, metadata={"help": "test documents per label"})
+    ctx_len: int = field(default=128, metadata={"help": "tokens read per document"})
+    seed: int = 0
+
+
+@dataclass
+class ProbeOptions(CorpusSweepOptions):
+    """What `lmscope probe` sets (run_probe's defaults are these)."""
+
+    ks: tuple[int, ...] = field(
+        default=DEFAULT_KS, metadata={"flag": "--k", "parse": int_list, "help": "sparsity levels"}
+    )
+    method: str = field(default="mean_diff", metadata={"choices": METHODS})
+    bigram: tuple[str, str] | str | None = field(
+        default="auto",
+        metadata={"parse": parse_bigram, "help": "token-level feature 'FIRST|SECOND', auto or none"},
+    )
+    out: str = field(default="probe_run", metadata={"help": "run folder to write"})
 
 
 def _layers(model, layers: Sequence[int] | None) -> list[int]:
@@ -63,14 +125,14 @@ def run_probe(
     corpus: str | Path | None = None,
     labels: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
-    method: str = "mean_diff",
-    n_train: int = 150,
-    n_test: int = 50,
-    ctx_len: int = 128,
-    bigram: tuple[str, str] | str | None = "auto",
+    ks: Sequence[int] = ProbeOptions.ks,
+    method: str = ProbeOptions.method,
+    n_train: int = ProbeOptions.n_train,
+    n_test: int = ProbeOptions.n_test,
+    ctx_len: int = ProbeOptions.ctx_len,
+    bigram: tuple[str, str] | str | None = ProbeOptions.bigram,
     n_rotations: int = 10,
-    seed: int = 0,
+    seed: int = ProbeOptions.seed,
     progress: bool = True,
 ) -> dict:
     """Sweep sparse probes over layers x k for every feature of the corpus; write the run folder.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +21,49 @@ from . import plots
 from .compute import AbsSweep, abs_sweep
 from .phase import PhaseDiagram, phase_diagram
 from .sweep import PAPER_SPARSITIES, SparsitySweep, sparsity_sweep
+from .train import TrainConfig
+
+# --fast: ~10x quicker than the paper's recipe (a higher lr with cosine decay converges in fewer steps)
+FAST_RECIPE = {"steps": 2000, "batch_size": 512, "lr": 1e-2, "schedule": "cosine"}
+
+
+@dataclass
+class ToyOptions:
+    """What `lmscope toy` sets (run_toy's defaults are these; training's are TrainConfig's)."""
+
+    n_features: int = field(default=5, metadata={"flag": "--n", "help": "features"})
+    n_hidden: int = field(default=2, metadata={"flag": "--m", "help": "hidden dimensions"})
+    sparsities: tuple[float, ...] = field(
+        default=PAPER_SPARSITIES, metadata={"flag": "--sparsity", "help": "sparsities S in [0, 1)"}
+    )
+    importance: float = field(default=0.9, metadata={"help": "importance decay: I_i = d**i"})
+    n_seeds: int = field(
+        default=2, metadata={"flag": "--seeds", "help": "replicates per sparsity, best kept (phase: >= 6)"}
+    )
+    steps: int | None = field(
+        default=None, metadata={"help": f"training steps (default {TrainConfig.steps}, the paper's)"}
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": f"batch size (default {TrainConfig.batch_size})"}
+    )
+    lr: float | None = field(
+        default=None, metadata={"help": f"AdamW learning rate (default {TrainConfig.lr})"}
+    )
+    fast: bool = field(
+        default=False,
+        metadata={"help": ", ".join(f"{k} {v}" for k, v in FAST_RECIPE.items()) + ": ~10x quicker"},
+    )
+    phase: bool = field(default=True, metadata={"help": "skip the 2-feature phase diagram"})
+    compute: bool = field(default=True, metadata={"help": "skip the |x| computation model"})
+    seed: int = 0
+    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cuda"})
+    out: str = field(default="toy_run", metadata={"help": "run folder to write"})
+
+    def train_config(self) -> dict:
+        """TrainConfig fields to override: the fast recipe (with --fast), then steps/batch_size/lr given."""
+        recipe = dict(FAST_RECIPE) if self.fast else {}
+        given = {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr}
+        return {**recipe, **{k: v for k, v in given.items() if v is not None}}
 
 
 @dataclass
@@ -45,15 +88,15 @@ class ToyResults:
 
 
 def run_toy(
-    n_features: int = 5,
-    n_hidden: int = 2,
-    sparsities: object = PAPER_SPARSITIES,
-    importance: float = 0.9,
-    n_seeds: int = 2,
-    phase: bool = True,
-    compute: bool = True,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
+    n_features: int = ToyOptions.n_features,
+    n_hidden: int = ToyOptions.n_hidden,
+    sparsities: object = ToyOptions.sparsities,
+    importance: float = ToyOptions.importance,
+    n_seeds: int = ToyOptions.n_seeds,
+    phase: bool = ToyOptions.phase,
+    compute: bool = ToyOptions.compute,
+    seed: int = ToyOptions.seed,
+    device: str | torch.device = ToyOptions.device,
     progress: bool = True,
     **train_config: object,
 ) -> ToyResults:

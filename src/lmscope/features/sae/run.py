@@ -8,9 +8,11 @@ data came from, so eval and features find it again.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -18,7 +20,7 @@ import torch
 from ...report import Text, histogram, line_chart, page, save_page, table
 from ...runs import read_json, write_json, write_run
 from . import distributed as D
-from .config import sae_config
+from .config import CONFIGS, SAEConfig, StandardConfig, TopKConfig, config_class, sae_config
 from .evaluate import SAEEval, evaluate_sae
 from .features import FeatureActivations, feature_cards
 from .io import CFG_FILE, LOG_FILE, load_sae
@@ -285,42 +287,85 @@ def finish(out_dir) -> Path:
     return out
 
 
-def sae_command(
-    action: str,
-    run_dir: str,
-    model_name: str | None = None,
-    *,
-    site: str | None = None,
-    arch: str = "topk",
-    k: int = 32,
-    l1: float | None = None,
-    expansion: int = 8,
-    tokens: str = "2M",
-    batch_size: int = 4096,
-    lr: float = 3e-4,
-    dead_tokens: str = "1M",
-    seed: int = 0,
-    store: str | None = None,
-    corpus: str | None = None,
-    dataset: str | None = None,
-    eval_dataset: str | None = None,
-    n_contexts: int = 64,
-    n_tokens: int = 200_000,
-    ablate: int = 8,
-) -> str:
+def _defaults(fn) -> dict:
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()}
+
+
+_TRAIN, _EVAL, _FEATURES = _defaults(train_run), _defaults(eval_run), _defaults(features_run)
+
+
+@dataclass
+class SAECommand:
+    """What `lmscope sae train|eval|features` sets. Every default is read from where it is used: the
+    SAE configs (k, l1, batch size, lr, tokens, dead tokens, seed) and train_run / eval_run / features_run."""
+
+    action: str = field(metadata={"positional": True, "choices": ("train", "eval", "features")})
+    run_dir: str | None = field(
+        default=None, metadata={"positional": True, "help": "the run folder (or use --out)"}
+    )
+    out: str | None = field(default=None, metadata={"help": "the run folder (same as RUN_DIR)"})
+    site: str | None = field(
+        default=None,
+        metadata={"help": "train: the site to read, e.g. blocks.12.resid_post or blocks.12.mlp.post"},
+    )
+    arch: str = field(
+        default=_TRAIN["architecture"], metadata={"choices": tuple(CONFIGS), "help": "architecture"}
+    )
+    k: int = field(default=TopKConfig.k, metadata={"help": "TopK architectures: active features per token"})
+    l1: float | None = field(
+        default=None,
+        metadata={
+            "help": f"standard: the L1 coefficient (default: {StandardConfig.l1_coefficient}, the config's)"
+        },
+    )
+    expansion: int = field(default=_TRAIN["expansion"], metadata={"help": "features per input dimension"})
+    tokens: int = field(
+        default=SAEConfig.total_tokens,
+        metadata={"parse": parse_count, "help": "training tokens, e.g. 500k or 2M"},
+    )
+    batch_size: int = field(default=SAEConfig.batch_size, metadata={"help": "tokens per optimizer step"})
+    lr: float = field(default=SAEConfig.lr, metadata={"help": "Adam learning rate"})
+    dead_tokens: int = field(
+        default=SAEConfig.dead_tokens,
+        metadata={"parse": parse_count, "help": "a feature silent this long is dead"},
+    )
+    seed: int = SAEConfig.seed
+    store: str | None = field(
+        default=None, metadata={"help": "an activation store folder holding the site (else run the model)"}
+    )
+    corpus: str | None = field(
+        default=None, metadata={"help": "corpus folder (default: <cache>/corpora/default)"}
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "a saved TokenDataset to train on (instead of the corpus's train split)"},
+    )
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "a saved TokenDataset to evaluate on (default: the corpus's test split)"},
+    )
+    n_contexts: int = field(default=_EVAL["n_contexts"], metadata={"help": "eval: contexts to run"})
+    n_tokens: int = field(default=_FEATURES["n_tokens"], metadata={"help": "features: tokens to scan"})
+    ablate: int = field(
+        default=_FEATURES["ablate"], metadata={"help": "features: densest features to ablate"}
+    )
+
+
+def sae_command(opts: SAECommand, model_name: str | None = None) -> str:
     """What `lmscope sae train|eval|features` runs; returns a one-line summary. Data not given on the
     command line is taken from the run's sources.json (train records where its data came from)."""
     from ...data.store import ActivationStore
     from ...model import load
 
+    action, run_dir = opts.action, opts.run_dir or opts.out
     if not run_dir:
         raise ValueError(f"sae {action} needs a run folder: lmscope sae {action} DIR (or --out DIR)")
     out = Path(run_dir)
     recorded = _read(out / SOURCES_FILE) or {}
-    store = store or recorded.get("store")
-    corpus = corpus or recorded.get("corpus")
-    dataset = dataset or recorded.get("dataset")
-    eval_dataset = eval_dataset or recorded.get("eval_dataset")
+    store = opts.store or recorded.get("store")
+    corpus = opts.corpus or recorded.get("corpus")
+    dataset = opts.dataset or recorded.get("dataset")
+    eval_dataset = opts.eval_dataset or recorded.get("eval_dataset")
     if corpus is None and not (store and dataset and eval_dataset):
         from ...data.corpus import default_corpus_dir
 
@@ -333,30 +378,34 @@ def sae_command(
     model = load(model_name)
     the_store = ActivationStore(store) if store else None
     if action == "train":
-        if not site:
+        if not opts.site:
             raise ValueError("sae train needs --site, e.g. --site blocks.12.resid_post")
-        fields = {"batch_size": batch_size, "lr": lr, "seed": seed, "dead_tokens": parse_count(dead_tokens)}
-        if arch in ("topk", "batchtopk"):
-            fields["k"] = k
-        elif l1 is not None:
-            fields["l1_coefficient"] = l1
+        cfg_fields = {"batch_size": opts.batch_size, "lr": opts.lr, "seed": opts.seed}
+        cfg_fields["dead_tokens"] = parse_count(opts.dead_tokens)
+        known = {f.name for f in fields(config_class(opts.arch))}
+        if "k" in known:
+            cfg_fields["k"] = opts.k
+        if "l1_coefficient" in known and opts.l1 is not None:
+            cfg_fields["l1_coefficient"] = opts.l1
         train_data = None if the_store else load_tokens(dataset, corpus, model, "train")
         sources = {"store": store, "corpus": corpus, "dataset": dataset, "eval_dataset": eval_dataset}
         train_run(
             out,
             model,
-            site,
-            arch,
-            expansion,
-            tokens,
+            opts.site,
+            opts.arch,
+            opts.expansion,
+            opts.tokens,
             store=the_store,
             dataset=train_data,
             sources=sources,
-            **fields,
+            **cfg_fields,
         )
         return f"wrote {out} (report.html); evaluate it with: lmscope sae eval {out}"
     if action == "eval":
-        result = eval_run(out, model, load_tokens(eval_dataset, corpus, model, "test"), n_contexts=n_contexts)
+        result = eval_run(
+            out, model, load_tokens(eval_dataset, corpus, model, "test"), n_contexts=opts.n_contexts
+        )
         m = result.metrics
         return (
             f"explained variance {m['explained_variance']:.3f}, loss recovered {m['loss_recovered']:.3f}, "
@@ -364,6 +413,6 @@ def sae_command(
         )
     if action == "features":
         data = None if the_store else load_tokens(dataset, corpus, model, "train")
-        features_run(out, model, store=the_store, dataset=data, n_tokens=n_tokens, ablate=ablate)
+        features_run(out, model, store=the_store, dataset=data, n_tokens=opts.n_tokens, ablate=opts.ablate)
         return f"wrote {out / STATS_FILE} and {out / 'features'}/*.json; report: {out / 'report.html'}"
     raise ValueError(f"unknown sae action {action!r}: train, eval or features")
