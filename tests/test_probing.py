@@ -26,7 +26,7 @@ def test_planted_neuron_found_at_k1(method):
     X, y = planted(240)
     probe = SparseProbe(1, method=method).fit(X[:160], y[:160])
     assert probe.neurons_.tolist() == [17]
-    assert probe.score(X[160:], y[160:]) == 1.0
+    assert probe.f1_score(X[160:], y[160:]) == 1.0
     assert probe.coef_.nonzero().flatten().tolist() == [17]
 
 
@@ -37,7 +37,7 @@ def test_planted_support_of_three(method):
     y = X[:, 2] - X[:, 7] + 0.8 * X[:, 11] > 0.3
     probe = SparseProbe(3, method=method).fit(X, y)
     assert sorted(probe.neurons_.tolist()) == [2, 7, 11]
-    assert probe.score(X, y) > 0.95
+    assert probe.f1_score(X, y) > 0.95
 
 
 def test_mip_at_least_as_good_as_mean_diff():
@@ -51,13 +51,13 @@ def test_mip_at_least_as_good_as_mean_diff():
     assert set(md.neurons_.tolist()) <= set(range(10, 14))  # mean difference picks distractors
     assert sorted(mip.neurons_.tolist()) == [3, 5]
     assert mip.status_ == "optimal"
-    assert mip.score(X, y) > md.score(X, y) + 0.05
+    assert mip.f1_score(X, y) > md.f1_score(X, y) + 0.05
     for seed in range(3):  # and never worse on train F1, on random planted data at several k
         Xs, ys = planted(150, seed=seed)
         Xs = Xs + 0.9 * ys[:, None] * (torch.rand(Xs.shape[1]) < 0.3)  # many informative neurons
         for k in (1, 2, 4):
-            a = SparseProbe(k, method="mean_diff").fit(Xs, ys).score(Xs, ys)
-            b = SparseProbe(k, method="mip", time_limit=1).fit(Xs, ys).score(Xs, ys)
+            a = SparseProbe(k, method="mean_diff").fit(Xs, ys).f1_score(Xs, ys)
+            b = SparseProbe(k, method="mip", time_limit=1).fit(Xs, ys).f1_score(Xs, ys)
             assert b >= a - 1e-9, (seed, k, a, b)
 
 
@@ -81,6 +81,23 @@ def test_binary_metrics_by_hand():
     assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 4)
     assert m["f1"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
     assert binary_metrics(torch.zeros(3, dtype=torch.bool), torch.ones(3))["f1"] == 0.0
+
+
+def test_score_is_accuracy_and_f1_score_is_f1():
+    """scikit-learn's convention: score = accuracy. On an imbalanced, noisy feature the two differ."""
+    gen = torch.Generator().manual_seed(5)
+    y = torch.rand(200, generator=gen) < 0.15
+    X = torch.randn(200, 10, generator=gen)
+    X[:, 4] += 1.2 * y
+    probe = SparseProbe(1).fit(X, y)
+    pred = (X.double() @ probe.coef_ + probe.intercept_) > 0  # by hand from the fitted weights
+    accuracy = float((pred == y).double().mean())
+    tp, fp, fn = float((pred & y).sum()), float((pred & ~y).sum()), float((~pred & y).sum())
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    assert abs(accuracy - f1) > 0.05  # the two metrics really differ here
+    assert probe.score(X, y) == pytest.approx(accuracy)
+    assert probe.f1_score(X, y) == pytest.approx(f1)
+    assert probe.metrics(X, y)["f1"] == pytest.approx(f1)
 
 
 def test_bad_inputs_say_what_is_wrong():

@@ -54,7 +54,7 @@ def test_french_neuron_separates_fresh_text(smollm2, dataset):
     acts = X[:, neuron]
     assert acts[y].max() < acts[~y].min()  # lower on every French document than on any English one
     probe = SparseProbe(1).fit(X[:, [neuron]], y)
-    assert probe.score(X[:, [neuron]], y) == 1.0 and float(probe.coef_[0]) < 0
+    assert probe.f1_score(X[:, [neuron]], y) == 1.0 and float(probe.coef_[0]) < 0
     projection = vocab_projection(smollm2, layer, [neuron], k=5)[0]
     assert len(projection["promoted"]) == 5 and projection["promoted"][0][1] > 0
 

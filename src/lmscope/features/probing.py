@@ -14,7 +14,8 @@ logistic regression on that support only (as the paper does), on standardised ac
                time limit (the paper solves a hinge-loss version with Gurobi)
 
     probe = SparseProbe(k=1).fit(X_train, y_train)        # X [n, d], y [n] bool or 0/1
-    probe.neurons_, probe.score(X_test, y_test)           # selected neurons, F1 on the test split
+    probe.neurons_, probe.f1_score(X_test, y_test)        # selected neurons, F1 on the test split
+    probe.score(X_test, y_test)                           # accuracy, as scikit-learn's classifiers
 
 Labels are binary (1 = the feature is present); the class weights are balanced, so rare features are not
 ignored. Inputs may be numpy arrays or torch tensors; outputs are torch tensors.
@@ -319,9 +320,14 @@ class SparseProbe:
         _, y = _as_xy(X, y)
         return binary_metrics(self.predict(X), y)
 
-    def score(self, X, y) -> float:
+    def f1_score(self, X, y) -> float:
         """F1 of the positive class (the paper's headline metric)."""
         return self.metrics(X, y)["f1"]
+
+    def score(self, X, y) -> float:
+        """Accuracy: the share of samples predicted correctly (scikit-learn's `score` for classifiers)."""
+        _, y = _as_xy(X, y)
+        return float((self.predict(X) == y.bool()).double().mean())
 
 
 def _stratified_subsample(y: Tensor, max_samples: int, seed: int) -> Tensor:
