@@ -8,7 +8,9 @@ a row (and a tiny config in conftest.FAMILY_CONFIGS). Every test runs on every r
   * every site bit-identical to the HF module input or output it names, resid_* to HF's hidden_states,
     attn.pattern close to HF's eager attention weights;
   * patching resid_pre of layer 0 at every position from run B reproduces run B's logits;
-  * model.weights applied by hand reproduce every block's output (and each site inside it) and the logits.
+  * model.weights applied by hand reproduce every block's output (and each site inside it, the attention
+    pattern included: q/k norms, rotary, scale, soft-cap, causal and sliding-window mask) and the logits;
+  * writes flow on: resid_mid (behind post-norms too) and the mixture-of-experts routing sites.
 """
 
 from __future__ import annotations
@@ -305,6 +307,43 @@ def _b(bias):
     return 0 if bias is None else bias
 
 
+def _rms(x, weight, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _pattern_by_hand(model, layer: int, q, k):
+    """softmax of the scores from attn.q / attn.k [b, p, h, d]: q/k norms, rotary (cos/sin from the model's
+    rotary module), scale, soft-cap, causal and sliding-window mask. -> [b, h, q, k]"""
+    c, w, parts = model.cfg, model.weights, model.parts.layers[layer]
+    eps = getattr(parts.q_norm, "variance_epsilon", getattr(parts.q_norm, "eps", None))
+    if c.qk_norm == "head":
+        q, k = _rms(q, w.q_norm_w(layer), eps), _rms(k, w.k_norm_w(layer), eps)
+    elif c.qk_norm == "all":
+        q = _rms(q.flatten(-2), w.q_norm_w(layer), eps).unflatten(-1, q.shape[-2:])
+        k = _rms(k.flatten(-2), w.k_norm_w(layer), eps).unflatten(-1, k.shape[-2:])
+    positions = torch.arange(q.shape[1])
+    if c.positional == "rotary":
+        base = getattr(model.hf, "model", None) or model.hf.gpt_neox
+        extra = {"layer_type": model.hf.config.layer_types[layer]} if c.architecture == "gemma3_text" else {}
+        cos, sin = base.rotary_emb(q, positions[None], **extra)  # [1, p, rotary dims]
+        cos, sin, r = cos[:, :, None], sin[:, :, None], cos.shape[-1]
+
+        def rotate(x):
+            x_rot, x_pass = x[..., :r], x[..., r:]
+            half = torch.cat((-x_rot[..., r // 2 :], x_rot[..., : r // 2]), dim=-1)
+            return torch.cat((x_rot * cos + half * sin, x_pass), dim=-1)
+
+        q, k = rotate(q), rotate(k)
+    k = k.repeat_interleave(c.n_heads // c.n_kv_heads, dim=2)
+    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * (c.attn_scale or c.d_head**-0.5)
+    if c.attn_softcap:
+        scores = torch.tanh(scores / c.attn_softcap) * c.attn_softcap
+    visible = positions[:, None] >= positions[None, :]
+    if layer in c.sliding_layers:
+        visible &= positions[:, None] - positions[None, :] < c.sliding_window
+    return scores.masked_fill(~visible, float("-inf")).softmax(-1)
+
+
 @torch.no_grad()
 def test_weights_reproduce_every_block_by_hand(family, tokens):
     _, model = family
@@ -326,7 +365,9 @@ def test_weights_reproduce_every_block_by_hand(family, tokens):
         k = torch.einsum("bpd,hde->bphe", x1, w.W_K(layer)) + _b(w.b_K(layer))
         v = torch.einsum("bpd,hde->bphe", x1, w.W_V(layer)) + _b(w.b_V(layer))
         check("attn.q", q), check("attn.k", k), check("attn.v", v)
-        z = torch.einsum("bhqk,bkhe->bqhe", site("attn.pattern"), v.repeat_interleave(n_rep, dim=2))
+        pattern = _pattern_by_hand(model, layer, q, k)
+        check("attn.pattern", pattern)
+        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v.repeat_interleave(n_rep, dim=2))
         check("attn.z", z)
         attn_out = torch.einsum("bphe,hed->bpd", z, w.W_O(layer)) + _b(w.b_O(layer))
         attn_out = _norm(model, parts.attn_post_norm, w.ln1_post_w(layer), None, attn_out)
