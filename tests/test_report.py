@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -255,19 +257,58 @@ def test_constant_inputs_do_not_divide_by_zero():
 # ---------------------------------------------------------------------------------------- html and files
 
 
+class Parsed(HTMLParser):
+    """What a page shows, read back by an HTML parser: the text of each tag, table cells, embedded SVGs."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.texts: dict[str, list[str]] = {}  # tag -> the text of each such element
+        self.tags: list[str] = []
+        self.rows: list[list[tuple[str, str]]] = []  # table rows: (cell text, class) per cell
+        self._open: list[str] = []
+        self.feed(html)
+        self.svgs = [ET.fromstring(m) for m in re.findall(r"<svg .*?</svg>", html, re.S)]
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag in ("meta", "br"):
+            return
+        self._open.append(tag)
+        self.texts.setdefault(tag, []).append("")
+        if tag == "tr":
+            self.rows.append([])
+        if tag in ("td", "th"):
+            self.rows[-1].append(("", dict(attrs).get("class") or ""))
+
+    def handle_endtag(self, tag):
+        if tag in self._open:
+            del self._open[len(self._open) - 1 - self._open[::-1].index(tag) :]
+
+    def handle_data(self, data):
+        for tag in set(self._open):
+            self.texts[tag][-1] += data
+        if self._open and self._open[-1] in ("td", "th"):
+            text, cls = self.rows[-1][-1]
+            self.rows[-1][-1] = (text + data, cls)
+
+
 def test_table_escapes_and_formats():
     html = table([{"name": "<bos>", "score": 0.123456, "n": np.int64(3)}, {"name": "a & b", "extra": None}])
-    assert "<th>name</th><th>score</th><th>n</th><th>extra</th>" in html
-    assert "&lt;bos&gt;" in html and "<bos>" not in html and "a &amp; b" in html
-    assert '<td class="num">0.123</td>' in html and '<td class="num">3</td>' in html
-    rows = table([[1, 2.5]], columns=["a", "b"], float_format="{:.1f}")
-    assert '<td class="num">2.5</td>' in rows
+    parsed = Parsed(html)
+    assert "bos" not in parsed.tags  # the token is text, not a tag
+    header, first, second = ([text for text, _ in row] for row in parsed.rows)
+    assert header == ["name", "score", "n", "extra"]
+    assert first == ["<bos>", "0.123", "3", ""] and second == ["a & b", "", "", ""]
+    assert [cls for _, cls in parsed.rows[1]] == ["", "num", "num", ""]  # numbers align right
+    rows = Parsed(table([[1, 2.5]], columns=["a", "b"], float_format="{:.1f}")).rows
+    assert [float(text) for text, _ in rows[1]] == [1.0, 2.5]
     with pytest.raises(ValueError, match="row 0 has 1 cells; expected 2"):
         table([[1]], columns=["a", "b"])
 
 
 def test_page_is_self_contained_and_escaped(tmp_path):
-    fig = heatmap([[1.0, -1.0]], col_labels=["<bos>", "x"])
+    values = [[1.0, -1.0]]
+    fig = heatmap(values, col_labels=["<bos>", "x"])
     html = page(
         "Report <1>",
         [
@@ -281,13 +322,52 @@ def test_page_is_self_contained_and_escaped(tmp_path):
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     for banned in ("http://", "https://", "src=", "<link", "<script", "url("):
         assert banned not in html
-    assert "<h1>Report &lt;1&gt;</h1>" in html and "run &amp; seed" in html
-    assert html.count("<h2>") == 4 and html.count("<svg") == 2
-    assert "<p>x &lt; y</p>" in html and "<p>second</p>" in html
+    parsed = Parsed(html)
+    assert parsed.texts["h1"] == ["Report <1>"] and parsed.texts["title"][0] == "Report <1>"
+    assert parsed.texts["h2"] == ["Map", "Table", "Notes", "Both"]
+    assert [p for p in parsed.texts["p"] if p != "run & seed"] == ["x < y", "second", "t"]
+    assert "run & seed" in parsed.texts["p"] and "bos" not in parsed.tags
+    # Both figures carry the numbers they were given: one cell per value, each tooltip its value.
+    assert len(parsed.svgs) == 2
+    for svg in parsed.svgs:
+        tips = [r.find("title").text for r in group(svg, "cells").iter("rect")]
+        assert [float(t.rsplit(": ", 1)[1]) for t in tips] == values[0]
+        assert [t.rsplit(": ", 1)[0] for t in tips] == ["0, <bos>", "0, x"]
     with pytest.raises(TypeError, match="section 'bad'"):
         page("t", [("bad", 42)])
     out = save_page(html, tmp_path / "sub" / "report.html")
     assert out.read_text(encoding="utf-8") == html
+
+
+def test_bar_chart_in_a_page_reads_back_its_numbers():
+    values, labels = [0.25, -1.5, 3.0], ["a", "<b>", "c"]
+    svg = Parsed(page("t", [("bars", bar_chart(values, labels, value_format="{:.3f}"))])).svgs[0]
+    bars = group(svg, "bars").findall("rect")
+    tips = dict(b.find("title").text.rsplit(": ", 1) for b in bars)
+    assert {k: float(v) for k, v in tips.items()} == dict(zip(labels, values))
+    # bar lengths are proportional to |value| (one pixel scale for every bar)
+    widths = [float(b.get("width")) for b in bars]
+    assert widths == pytest.approx([w * widths[2] / 3.0 for w in (0.25, 1.5, 3.0)], rel=0.02)
+
+
+def test_report_modules_import_each_other_in_one_direction_only():
+    import ast
+    import pathlib
+
+    import lmscope.report as report
+
+    folder = pathlib.Path(report.__file__).parent
+    imports = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports[path.stem] = {
+            (n.module or "").lstrip(".")
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.level == 1
+        }
+    for a, deps in imports.items():
+        for b in deps:
+            assert a not in imports.get(b, set()), f"report/{a}.py and report/{b}.py import each other"
 
 
 def test_figure_save_svg_and_html_leaves_no_temp_file(tmp_path):

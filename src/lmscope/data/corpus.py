@@ -10,7 +10,6 @@ A corpus folder holds ``docs.jsonl`` (one document per line, labels mixed in a s
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import random
@@ -21,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..report import Text, page, save_page, table
+from ..report import Text, esc, page, save_page, table
 from ..runs import read_json, write_atomic, write_json, write_run
 from .document import SPLITS, Document, doc_digest
 from .sources import Source, apt_command, builtin_sources, hf_dataset, jsonl_file, text_files
@@ -278,7 +277,7 @@ def corpus_report(manifest: dict, docs: Sequence[Document]) -> str:
     excerpts = []
     for label in manifest["labels"]:
         first = next(d for d in docs if d.label == label)
-        excerpts += [f"<h3>{label}</h3>", f"<pre>{html.escape(first.text[:600])}</pre>"]
+        excerpts += [f"<h3>{esc(label)}</h3>", f"<pre>{esc(first.text[:600])}</pre>"]
     sections = [("Documents per label", table(rows, float_format="{:.0f}")), ("Sources", table(sources))]
     if manifest["install"]:
         sections.append(("Missing sources", Text(f"Install them with:\n{manifest['install']}")))

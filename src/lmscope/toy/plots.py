@@ -5,12 +5,11 @@ Each returns a ``lmscope.report.Figure`` (self-contained SVG, no external resour
 
 from __future__ import annotations
 
-import html
 import math
 
 from torch import Tensor
 
-from ..report import Figure
+from ..report import Figure, esc
 
 INK, MUTED, GRID = "#333333", "#666666", "#d0d7de"
 REGIME_COLORS = {"not learned": "#bdbdbd", "dedicated": "#0072b2", "antipodal": "#d55e00", "other": "#f0e442"}
@@ -18,15 +17,14 @@ REGIME_COLORS = {"not learned": "#bdbdbd", "dedicated": "#0072b2", "antipodal": 
 
 def _t(x: float, y: float, s: object, anchor: str = "middle", size: float = 11, extra: str = "") -> str:
     return (
-        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}"{extra}>'
-        f"{html.escape(str(s))}</text>"
+        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}"{extra}>{esc(str(s))}</text>'
     )
 
 
 def _svg(width: float, height: float, body: list[str], title: str) -> Figure:
     head = (
         f'<svg width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" role="img" '
-        f'aria-label="{html.escape(title)}" font-family="system-ui, sans-serif" font-size="11" fill="{INK}" '
+        f'aria-label="{esc(title)}" font-family="system-ui, sans-serif" font-size="11" fill="{INK}" '
         'style="background:#ffffff">'
     )
     return Figure(
@@ -72,7 +70,7 @@ def feature_bars(norms: Tensor, interference: Tensor, column_titles: list[str], 
             tip = f"feature {i}: norm {norm:.3f}, interference {inter:.3f}"
             body.append(
                 f'<rect x="{x0:.1f}" y="{top + i * bar_h + 1:.1f}" width="{panel_w * norm / scale:.1f}" '
-                f'height="{bar_h - 2:.1f}" fill="{_heat(inter)}"><title>{html.escape(tip)}</title></rect>'
+                f'height="{bar_h - 2:.1f}" fill="{_heat(inter)}"><title>{esc(tip)}</title></rect>'
             )
     for i in range(0, n, max(1, math.ceil(12 / bar_h))):
         body.append(_t(left - 6, top + (i + 0.5) * bar_h, i, "end", extra=' dy="0.35em"'))
@@ -111,7 +109,7 @@ def feature_geometry(W: Tensor, column_titles: list[str], title: str) -> Figure:
             shade = round(40 + 170 * i / max(n - 1, 1))
             color = f"#{shade:02x}{shade // 2:02x}{255 - shade // 2:02x}"
             px, py = cx + r * x / scale, cy - r * y / scale
-            tip = html.escape(f"feature {i}: ({x:.3f}, {y:.3f}), norm {math.hypot(x, y):.3f}")
+            tip = esc(f"feature {i}: ({x:.3f}, {y:.3f}), norm {math.hypot(x, y):.3f}")
             body.append(
                 f'<line x1="{cx:.1f}" y1="{cy:.1f}" x2="{px:.1f}" y2="{py:.1f}" stroke="{color}" '
                 f'stroke-width="2.5"><title>{tip}</title></line>'
@@ -143,7 +141,7 @@ def regime_grid(
             x, y = left + j * cell, top + i * cell
             body.append(
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{cell - 2:.1f}" height="{cell - 2:.1f}" '
-                f'fill="{REGIME_COLORS.get(name, "#ffffff")}"><title>{html.escape(f"{ylabel} {row_labels[i]}, {xlabel} {col_labels[j]}: {name}")}</title></rect>'
+                f'fill="{REGIME_COLORS.get(name, "#ffffff")}"><title>{esc(f"{ylabel} {row_labels[i]}, {xlabel} {col_labels[j]}: {name}")}</title></rect>'
             )
     for j, label in enumerate(col_labels):
         body.append(_t(left + (j + 0.5) * cell, top + rows * cell + 14, label))
