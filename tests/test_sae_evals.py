@@ -3,6 +3,8 @@ found (and a plain miss is not counted as one), a planted language latent wins s
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -211,3 +213,35 @@ def test_sparse_probing_finds_a_planted_language_latent(tiny_llama):
     torch.testing.assert_close(bases["sae"], sae.encode(cache[site][:, 1:]).detach().mean(1))
     torch.testing.assert_close(bases["rotated"], bases["input"] @ random_rotation(d, 0))
     assert labels.tolist() == [0, 1] * 8
+
+
+def test_eval_run_writes_each_evaluation_and_its_report_section(tiny_llama, tmp_path):
+    from lmscope.features.sae import save_sae
+    from lmscope.features.sae.run import EVAL_FILES, eval_run
+
+    site = "blocks.1.resid_post"
+    gen = torch.Generator().manual_seed(0)
+    W_dec = torch.randn(24, 32, generator=gen)
+    sae = jumprelu_sae(torch.randn(32, 24, generator=gen), W_dec / W_dec.norm(dim=1, keepdim=True), 0.5, site)
+    save_sae(sae, tmp_path)
+    train, test = language_dataset(16, seed=0), language_dataset(16, seed=1)
+    eval_run(
+        tmp_path,
+        tiny_llama,
+        test,
+        progress=False,
+        probing=True,
+        labels=True,
+        absorption=True,
+        train_dataset=train,
+        n_label_tokens=80,
+        n_words=20,
+    )
+    records = {name: json.loads((tmp_path / path).read_text()) for name, path in EVAL_FILES.items()}
+    assert records["probing"]["n_train_docs"] == 16 and records["probing"]["labels"] == ["alpha", "beta"]
+    assert records["labels"]["n_test_tokens"] == 8 * 9  # 80 tokens = 8 contexts of 10, BOS left out
+    assert records["absorption"]["n_words"] == len(first_letter_vocab(tiny_llama.tokenizer).words)
+    html = (tmp_path / "report.html").read_text()
+    for title in ("Sparse probing (SAEBench)", "Automatic labels", "Feature absorption (first letter)"):
+        assert title in html
+    assert json.loads((tmp_path / "metrics.json").read_text())["n_tokens"] > 0

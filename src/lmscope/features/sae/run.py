@@ -20,7 +20,7 @@ import torch
 from ...report import Text, histogram, line_chart, page, save_page, table
 from ...runs import read_json, write_json, write_run
 from . import distributed as D
-from .config import CONFIGS, SAEConfig, StandardConfig, TopKConfig, config_class, sae_config
+from .config import CONFIGS, JumpReLUConfig, SAEConfig, StandardConfig, TopKConfig, config_class, sae_config
 from .evaluate import SAEEval, evaluate_sae
 from .features import FeatureActivations, feature_cards
 from .io import CFG_FILE, LOG_FILE, load_sae
@@ -28,6 +28,11 @@ from .sources import ModelSource, RowSource
 from .train import train_sae
 
 PAGE = 256  # cards per features/NNNNN.json page
+EVAL_FILES = {
+    "probing": "evals/sparse_probing.json",
+    "labels": "evals/labels.json",
+    "absorption": "evals/absorption.json",
+}
 METRICS_FILE = "metrics.json"
 STATS_FILE = "feature_stats.json"
 SOURCES_FILE = "sources.json"
@@ -145,13 +150,76 @@ def features_run(
     return finish(out)
 
 
-def eval_run(out_dir, model, dataset, n_contexts: int = 64, progress: bool = True) -> SAEEval:
-    """metrics.json (reconstruction on held-out contexts, CE / loss recovered / KL) and the report."""
+def eval_run(
+    out_dir,
+    model,
+    dataset,
+    n_contexts: int = 64,
+    progress: bool = True,
+    *,
+    probing: bool = False,
+    labels: bool = False,
+    absorption: bool = False,
+    train_dataset=None,
+    store=None,
+    n_probe_contexts: int = 512,
+    n_label_tokens: int = 100_000,
+    n_words: int = 2000,
+    seed: int = 0,
+) -> SAEEval:
+    """metrics.json (reconstruction on held-out contexts, CE / loss recovered / KL) and the report, plus
+    the feature evaluations asked for (evals/, one JSON each, each a section of the report):
+    probing: sparse probes on the corpus labels, train documents from train_dataset (n_probe_contexts
+        random contexts of each split); labels: automatic labels fitted on n_label_tokens of the training
+        data (store if given, else train_dataset) and scored on as many held-out tokens of `dataset`;
+    absorption: the first-letter task on n_words of the tokenizer's words."""
     out = Path(out_dir)
-    result = evaluate_sae(load_sae(out), model, dataset, n_contexts=n_contexts, progress=progress)
+    sae = load_sae(out)
+    result = evaluate_sae(sae, model, dataset, n_contexts=n_contexts, progress=progress)
     write_json(out / METRICS_FILE, {k: v for k, v in result.to_dict().items() if k != "density"})
+    if (probing or (labels and store is None)) and train_dataset is None:
+        raise ValueError(
+            "probing and labels need training documents: give train_dataset (or store for labels)"
+        )
+    if probing:
+        from .evals import sparse_probing
+
+        train, test = (_sample(d, n_probe_contexts, seed) for d in (train_dataset, dataset))
+        write_json(
+            out / EVAL_FILES["probing"], sparse_probing(sae, model, train, test, seed=seed, progress=progress)
+        )
+    if labels:
+        from .evals import auto_labels
+        from .features import _TokenText
+
+        if store is not None:
+            fitted = FeatureActivations.from_store(sae, store, n_tokens=n_label_tokens, progress=progress)
+        else:
+            part = _sample(train_dataset, max(1, n_label_tokens // train_dataset.ctx_len), seed)
+            fitted = FeatureActivations.from_model(sae, model, part, n_contexts=None, progress=progress)
+        part = _sample(dataset, max(1, n_label_tokens // dataset.ctx_len), seed)
+        held_out = FeatureActivations.from_model(sae, model, part, n_contexts=None, progress=progress)
+        record = auto_labels(fitted, held_out, _TokenText(model.tokenizer))
+        write_json(out / EVAL_FILES["labels"], record)
+    if absorption:
+        from .evals import absorption as absorption_eval
+        from .evals import first_letter_vocab, word_activations
+
+        words = first_letter_vocab(model.tokenizer, max_words=n_words, seed=seed)
+        acts = word_activations(model, sae.cfg.site, words.token_ids)
+        write_json(
+            out / EVAL_FILES["absorption"], absorption_eval(sae, acts, words.letters, words.words, seed=seed)
+        )
     finish(out)
     return result
+
+
+def _sample(dataset, n: int, seed: int):
+    """At most n contexts of a TokenDataset, drawn at random (the corpus's documents come in label order)."""
+    if len(dataset) <= n:
+        return dataset
+    pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    return dataset[pick.sort().values.tolist()]
 
 
 def _read(path: Path):
@@ -178,6 +246,12 @@ def report_html(out_dir) -> str:
         summary.append(["k", cfg["k"]])
     if "l1_coefficient" in cfg:
         summary.append(["L1 coefficient", cfg["l1_coefficient"]])
+    if "l0_coefficient" in cfg:
+        mode = cfg.get("jumprelu_sparsity_loss_mode", "step")
+        target = f", target L0 {cfg.get('target_l0')}" if mode == "quadratic" else ""
+        summary.append(["L0 coefficient (sparsity loss)", f"{cfg['l0_coefficient']} ({mode}{target})"])
+    if cfg.get("matryoshka_widths"):
+        summary.append(["Matryoshka prefixes", " ".join(map(str, cfg["matryoshka_widths"]))])
     summary.append(["input scale (folded into the weights)", record.get("norm_scaling_factor_folded", 1.0)])
     sections.append(("SAE", table(summary, ["", "value"], float_format="{:.4g}")))
     log = _read(out / LOG_FILE)
@@ -213,6 +287,12 @@ def report_html(out_dir) -> str:
                 table(ev.table_rows(), ["metric", "value"], float_format="{:.4g}"),
             )
         )
+    for name, path in EVAL_FILES.items():
+        evaluation = _read(out / path)
+        if evaluation:
+            from . import evals
+
+            sections += getattr(evals, f"{name}_sections")(evaluation)
     stats = _read(out / STATS_FILE)
     if stats:
         density = torch.tensor(stats["density"])
@@ -349,6 +429,23 @@ class SAECommand:
     ablate: int = field(
         default=_FEATURES["ablate"], metadata={"help": "features: densest features to ablate"}
     )
+    l0: float | None = field(
+        default=None,
+        metadata={"help": f"jumprelu: the L0 coefficient (default {JumpReLUConfig.l0_coefficient})"},
+    )
+    target_l0: float | None = field(
+        default=None,
+        metadata={"help": "jumprelu: hold L0 near this (the quadratic sparsity loss; else the L0 itself)"},
+    )
+    matryoshka_widths: tuple[int, ...] | None = field(
+        default=None,
+        metadata={"help": "matryoshka_batchtopk: the nested prefix sizes (default d_sae/16 .. d_sae)"},
+    )
+    probing: bool = field(
+        default=False, metadata={"help": "eval: sparse probing on latents vs neurons vs a rotated basis"}
+    )
+    labels: bool = field(default=False, metadata={"help": "eval: automatic feature labels, scored held out"})
+    absorption: bool = field(default=False, metadata={"help": "eval: first-letter feature absorption"})
 
 
 def sae_command(opts: SAECommand, model_name: str | None = None) -> str:
@@ -387,6 +484,12 @@ def sae_command(opts: SAECommand, model_name: str | None = None) -> str:
             cfg_fields["k"] = opts.k
         if "l1_coefficient" in known and opts.l1 is not None:
             cfg_fields["l1_coefficient"] = opts.l1
+        if "l0_coefficient" in known and opts.l0 is not None:
+            cfg_fields["l0_coefficient"] = opts.l0
+        if "target_l0" in known and opts.target_l0 is not None:
+            cfg_fields.update(target_l0=opts.target_l0, jumprelu_sparsity_loss_mode="quadratic")
+        if "matryoshka_widths" in known and opts.matryoshka_widths:
+            cfg_fields["matryoshka_widths"] = tuple(opts.matryoshka_widths)
         train_data = None if the_store else load_tokens(dataset, corpus, model, "train")
         sources = {"store": store, "corpus": corpus, "dataset": dataset, "eval_dataset": eval_dataset}
         train_run(
@@ -403,13 +506,24 @@ def sae_command(opts: SAECommand, model_name: str | None = None) -> str:
         )
         return f"wrote {out} (report.html); evaluate it with: lmscope sae eval {out}"
     if action == "eval":
+        extra = opts.probing or (opts.labels and the_store is None)
         result = eval_run(
-            out, model, load_tokens(eval_dataset, corpus, model, "test"), n_contexts=opts.n_contexts
+            out,
+            model,
+            load_tokens(eval_dataset, corpus, model, "test"),
+            n_contexts=opts.n_contexts,
+            probing=opts.probing,
+            labels=opts.labels,
+            absorption=opts.absorption,
+            train_dataset=load_tokens(dataset, corpus, model, "train") if extra else None,
+            store=the_store,
+            seed=opts.seed,
         )
         m = result.metrics
         return (
             f"explained variance {m['explained_variance']:.3f}, loss recovered {m['loss_recovered']:.3f}, "
             f"L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, KL {m['kl']:.4f} -> {out / METRICS_FILE}"
+            + "".join(f"; {name} -> {out / path}" for name, path in EVAL_FILES.items() if getattr(opts, name))
         )
     if action == "features":
         data = None if the_store else load_tokens(dataset, corpus, model, "train")
