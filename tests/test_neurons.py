@@ -93,14 +93,18 @@ def _losses_by_hand(hf, ds, zero: dict[int, list[int]] | None):
 
 def test_ablation_matches_hand_zeroing(tiny_llama, dataset):
     units = [(0, 3), (0, 11), (2, 40)]
-    got = ablation_effects(tiny_llama, dataset, {"set": units, "one": [(1, 7)]}, batch_size=2)
+    # Sets starting at layers 0, 1 and 2: each ablated run starts at its earliest layer from the clean run.
+    sets = {"set": units, "one": [(1, 7)], "last": [(2, 5), (2, 40)]}
+    got = ablation_effects(tiny_llama, dataset, sets, batch_size=2)
     clean, counts = _losses_by_hand(tiny_llama.hf, dataset, None)
     ablated, _ = _losses_by_hand(tiny_llama.hf, dataset, {0: [3, 11], 2: [40]})
     ablated_one, _ = _losses_by_hand(tiny_llama.hf, dataset, {1: [7]})
+    ablated_last, _ = _losses_by_hand(tiny_llama.hf, dataset, {2: [5, 40]})
     for label in ("a", "b"):
         assert got["set"]["clean"][label] == pytest.approx(clean[label], rel=1e-5)
         assert got["set"]["loss_delta"][label] == pytest.approx(ablated[label] - clean[label], abs=1e-5)
         assert got["one"]["loss_delta"][label] == pytest.approx(ablated_one[label] - clean[label], abs=1e-5)
+        assert got["last"]["loss_delta"][label] == pytest.approx(ablated_last[label] - clean[label], abs=1e-5)
         assert got["set"]["n_tokens"][label] == counts[label]
     assert abs(got["set"]["loss_delta"]["a"]) > 1e-6  # the zeroing did change something
 
@@ -216,3 +220,33 @@ def test_probe_and_neurons_run_folders(tiny_llama, tmp_path):
         assert card["ablation"]["loss_delta"] == effect["loss_delta"] and effect["n_tokens"]["a"] > 0
         assert effect["feature"] in ("a", "b") and effect["in_context"] is not None
     assert "Unit cards" in (tmp_path / "neurons" / "report.html").read_text()
+
+
+def test_best_neurons_match_one_sparse_probes_fitted_one_by_one():
+    """best_neurons fits all its one-neuron probes at once; each row must be what SparseProbe(1) (L-BFGS,
+    one neuron at a time) gives for that neuron, and the ranking what those probes' train F1 give."""
+    from lmscope.features.probing import SparseProbe, binary_metrics
+    from lmscope.features.sweeps import best_neurons
+
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(160, 3, 24, generator=gen)  # [docs, layers, neurons]
+    y = torch.rand(160, generator=gen) < 0.3
+    X[y, 1, 4] -= 1.2  # a feature neuron, lower on positives
+    X[y, 2, 9] += 0.6  # a weaker one
+    X[:, 0, 2] = 0.5  # a dead (constant) neuron
+    train, test, y_train, y_test = X[:120], X[120:], y[:120], y[120:]
+    rows = best_neurons(train, y_train, test, y_test, layers=[3, 5, 8], n_candidates=5, top=15)
+    assert len(rows) == 15 and (rows[0]["layer"], rows[0]["neuron"], rows[0]["sign"]) == (5, 4, -1)
+    slot = {3: 0, 5: 1, 8: 2}
+    for r in rows:
+        col = [r["neuron"]]
+        probe = SparseProbe(1).fit(train[:, slot[r["layer"]], col], y_train)
+        assert r["train_f1"] == probe.f1_score(train[:, slot[r["layer"]], col], y_train)
+        expected = binary_metrics(probe.predict(test[:, slot[r["layer"]], col]), y_test)
+        assert {k: r[k] for k in expected} == expected
+        Z = train[:, slot[r["layer"]]].double()
+        Z = (Z - Z.mean(0)) / Z.std(0).clamp_min(1e-12)
+        gap = float(Z[y_train, r["neuron"]].mean() - Z[~y_train, r["neuron"]].mean())
+        assert r["mean_diff"] == pytest.approx(abs(gap), rel=1e-9) and r["sign"] == (1 if gap >= 0 else -1)
+    keys = [(r["train_f1"], r["mean_diff"]) for r in rows]
+    assert keys == sorted(keys, reverse=True)

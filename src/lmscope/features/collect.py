@@ -102,8 +102,8 @@ def document_means(
     for batch, acts in iter_batches(model, dataset, names, batch_size, progress, "document means"):
         mask = batch["doc_ids"] >= 0
         target = slot[batch["doc_ids"][mask]]  # [n_real]
-        stacked = torch.stack([acts[name][mask] for name in names], 1).double()  # [n_real, n_sites, d]
-        sums.index_add_(0, target, stacked)
+        for s, name in enumerate(names):  # one site at a time: no [n_real, n_sites, d] float64 copy
+            sums[:, s].index_add_(0, target, acts[name][mask].double())
         counts.index_add_(0, target, torch.ones_like(target, dtype=torch.float64))
         labels[target] = batch["labels"][mask]
         chosen = picked[row : row + mask.shape[0]]

@@ -198,23 +198,15 @@ def _extreme_examples(dataset, a: Tensor, real: Tensor, n: int, decode, context,
 
 
 # ---- ablation -------------------------------------------------------------------------------------------
-def _token_losses(model, dataset, interventions, batch_size: int) -> tuple[Tensor, Tensor]:
-    """Next-token cross-entropy [n] at every position whose next token is in the same document, and the
-    label index [n] of that next token."""
-    losses, labels = [], []
-    with torch.no_grad():
-        for batch in dataset.batches(batch_size):
-            logits = model(
-                batch["tokens"], attention_mask=batch["attention_mask"], interventions=interventions
-            )
-            doc = batch["doc_ids"]
-            valid = (doc[:, :-1] >= 0) & (doc[:, :-1] == doc[:, 1:])  # [b, ctx-1]
-            ce = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().flatten(0, 1), batch["tokens"][:, 1:].flatten(), reduction="none"
-            ).view_as(valid)
-            losses.append(ce[valid])
-            labels.append(batch["labels"][:, 1:][valid])
-    return torch.cat(losses), torch.cat(labels)
+def _next_token_losses(logits: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
+    """Next-token cross-entropy [n] at every position of the batch whose next token is in the same
+    document, and the label index [n] of that next token. logits [b, ctx, d_vocab]."""
+    doc = batch["doc_ids"]
+    valid = (doc[:, :-1] >= 0) & (doc[:, :-1] == doc[:, 1:])  # [b, ctx-1]
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1), batch["tokens"][:, 1:].flatten(), reduction="none"
+    ).view_as(valid)
+    return ce[valid], batch["labels"][:, 1:][valid]
 
 
 def _zeroing(units: Sequence[Unit]) -> list[Ablate]:
@@ -243,13 +235,42 @@ def ablation_effects(
 
     if not ablations:
         raise ValueError("give at least one named set of units to ablate")
-    clean, labels = _token_losses(model, dataset, [], batch_size)
+    zeroings = {name: _zeroing(units) for name, units in ablations.items()}
+    # A set's earliest layer: the blocks before it compute what the clean run did, so each ablated run
+    # starts there from the clean run's resid_pre (model.run_with_cache's start_from): the same numbers,
+    # without recomputing the layers below.
+    starts = {name: min(int(layer) for layer, _ in units) for name, units in ablations.items()}
+    resid_sites = [f"blocks.{layer}.resid_pre" for layer in sorted(set(starts.values()))]
+    batches = list(dataset.batches(batch_size))
+    clean, labels, resid = [], [], []
+    with torch.no_grad():
+        for batch in batches:
+            logits, cache = model.run_with_cache(
+                batch["tokens"], sites=resid_sites, attention_mask=batch["attention_mask"]
+            )
+            ce, lab = _next_token_losses(logits, batch)
+            clean.append(ce)
+            labels.append(lab)
+            resid.append({site: cache[site] for site in resid_sites})
+    clean, labels = torch.cat(clean), torch.cat(labels)
     names = list(dataset.label_names)
     present = [i for i in range(len(names)) if bool((labels == i).any())]
     clean_by = {names[i]: float(clean[labels == i].mean()) for i in present}
     out = {}
     for name, units in tqdm(ablations.items(), desc="ablations", disable=not progress):
-        ablated, _ = _token_losses(model, dataset, _zeroing(units), batch_size)
+        start = starts[name]
+        ablated = []
+        with torch.no_grad():
+            for batch, cached in zip(batches, resid):
+                logits, _ = model.run_with_cache(
+                    batch["tokens"],
+                    sites=[],
+                    attention_mask=batch["attention_mask"],
+                    interventions=zeroings[name],
+                    start_from=(start, cached[f"blocks.{start}.resid_pre"]),
+                )
+                ablated.append(_next_token_losses(logits, batch)[0])
+        ablated = torch.cat(ablated)
         ablated_by = {names[i]: float(ablated[labels == i].mean()) for i in present}
         out[name] = {
             "units": [[int(layer), int(neuron)] for layer, neuron in units],
