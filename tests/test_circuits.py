@@ -212,7 +212,12 @@ def test_planted_previous_token_to_induction_k_composition_stands_out():
     assert planted == pytest.approx(0.5, abs=1e-4)
     assert planted > 2 * float(others.max()) and planted > 3.5 * comp.baseline
     assert float(comp.q[0, 0, 1, 2]) < 0.05  # queries read T, the writer writes P: no Q-composition
-    assert comp.top("k", 1)[0][:2] == ("0.0", "1.2")
+    assert comp.top("k", 1)[0][:2] == ("blocks.0.attn.z[0]", "blocks.1.attn.z[2]")
+    assert comp.score("blocks.0.attn.z[0]", "blocks.1.attn.z[2]", "k") == planted
+    assert comp.score("L0H0", "blocks.1.attn.hook_z[2]", "k") == planted  # aliases name the same heads
+    assert math.isnan(comp.score("blocks.1.attn.z[2]", "blocks.0.attn.z[0]", "k"))  # no later -> earlier
+    with pytest.raises(ValueError, match=r"attn\.z has 4 heads"):
+        comp.score("blocks.0.attn.z[4]", "blocks.1.attn.z[2]", "k")
 
 
 # --------------------------------------------------------------------------------------- virtual weights
@@ -226,9 +231,12 @@ def test_virtual_weights_embed_to_value_match_a_run(tiny_llama):
     _, cache = tiny_llama.run_with_cache(ids, sites=["blocks.0.attn.v"])
     e = tiny_llama.weights.W_E[ids[0]]
     rms = torch.sqrt(e.pow(2).mean(-1, keepdim=True) + tiny_llama.parts.layers[0].ln1.variance_epsilon)
-    for head, kv in [(0, 0), (3, 1)]:  # GQA: query head 3 reads kv head 1
-        vw = virtual_weights(tiny_llama, "embed", f"0.{head}.v")[ids[0]]
+    for kv in (0, 1):  # GQA: blocks.0.attn.v[kv] is key/value head kv, as in the site's tensor
+        vw = virtual_weights(tiny_llama, "embed", f"blocks.0.attn.v[{kv}]")[ids[0]]
         torch.testing.assert_close(vw / rms, cache["blocks.0.attn.v"][0, :, kv])
+    with pytest.warns(FutureWarning, match=r"write 'blocks\.0\.attn\.v\[1\]'"):  # old form: query head 3
+        old = virtual_weights(tiny_llama, "embed", "0.3.v")
+    assert torch.equal(old, virtual_weights(tiny_llama, "embed", "blocks.0.attn.v[1]"))
 
 
 @torch.no_grad()
@@ -238,19 +246,39 @@ def test_virtual_weights_between_neurons_and_heads(tiny):
     expected = hf_w.W_out(0) @ torch.diag(ln2) @ hf_w.W_in(1)
     if tiny.cfg.normalization == "layer":
         expected = hf_w.W_out(0) @ (torch.eye(32) - 1 / 32) @ torch.diag(ln2) @ hf_w.W_in(1)
-    torch.testing.assert_close(virtual_weights(tiny, "mlp.0", "mlp.1"), expected, atol=1e-5, rtol=1e-4)
-    assert virtual_weights(tiny, "1.2", "2.0.k").shape == (8, 8)
-    assert virtual_weights(tiny, "2.3", "unembed").shape == (8, 64)
+    whole = virtual_weights(tiny, "blocks.0.mlp", "blocks.1.mlp")
+    torch.testing.assert_close(whole, expected, atol=1e-5, rtol=1e-4)
+    # one neuron of each: that entry of the whole matrix; blocks.0.mlp.post is the same writer as blocks.0.mlp
+    one = virtual_weights(tiny, "blocks.0.mlp.post[5]", "blocks.1.mlp.pre_linear[7]" if tiny.cfg.gated_mlp
+                          else "blocks.1.mlp.pre[7]")  # fmt: skip
+    torch.testing.assert_close(one, whole[5:6, 7:8])
+    assert torch.equal(virtual_weights(tiny, "blocks.0.mlp.post", "blocks.1.mlp"), whole)
+    with pytest.warns(FutureWarning):  # the old short forms still name the same components
+        assert torch.equal(virtual_weights(tiny, "mlp.0", "mlp.1"), whole)
+    assert virtual_weights(tiny, "blocks.1.attn.z[2]", "blocks.2.attn.k[0]").shape == (8, 8)
+    assert virtual_weights(tiny, "blocks.2.attn.hook_z[3]", "unembed").shape == (8, 64)
+    assert torch.equal(
+        virtual_weights(tiny, "L2H3", "logits"), virtual_weights(tiny, "blocks.2.attn.z[3]", "logits")
+    )
     with pytest.raises(ValueError, match="reads the residual stream before"):
-        virtual_weights(tiny, "mlp.1", "1.0.q")
+        virtual_weights(tiny, "blocks.1.mlp", "blocks.1.attn.q[0]")
     if tiny.cfg.parallel_residual:  # the MLP reads resid_pre, beside the attention, not after it
         with pytest.raises(ValueError, match="before"):
-            virtual_weights(tiny, "1.0", "mlp.1")
+            virtual_weights(tiny, "blocks.1.attn.z[0]", "blocks.1.mlp")
     else:
-        assert virtual_weights(tiny, "1.0", "mlp.1").shape[0] == 8
-    for bad in ("mlp", "1.x", "5.0.q", "1.9", "1.0.z", "embed.q"):
-        with pytest.raises(ValueError):
-            virtual_weights(tiny, bad, "unembed")
+        assert virtual_weights(tiny, "blocks.1.attn.z[0]", "blocks.1.mlp").shape[0] == 8
+    bad = {
+        "mlp": "unknown component",
+        "blocks.1.attn.z[x]": "whole number",
+        "blocks.5.attn.q[0]": r"layers 0\.\.2",
+        "blocks.1.attn.z[9]": r"indexed 0\.\.3",
+        "blocks.1.attn.q[0]": "is not a writer",  # a head's input does not write
+        "blocks.1.attn.z": "name one head",
+        "blocks.1.resid_post": "is not a writer",
+    }
+    for name, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            virtual_weights(tiny, name, "logits")
 
 
 # ---------------------------------------------------------------------------------------- memories
@@ -304,6 +332,13 @@ def test_memories_from_a_store_equal_memories_from_a_run(tiny_llama, dataset, tm
     store = harvest(tiny_llama, dataset, ["blocks.1.mlp.post"], tmp_path / "store")
     from_store = key_value_memories(tiny_llama, 1, [3, 7], store=store.path, k=3)
     from_run = key_value_memories(tiny_llama, 1, [3, 7], dataset=dataset, k=3)
+    by_name = key_value_memories(
+        tiny_llama, "blocks.1.mlp", ["blocks.1.mlp.post[3]", "L1N7"], dataset=dataset, k=3
+    )
+    assert [m.to_dict() for m in by_name] == [m.to_dict() for m in from_run]
+    assert [m.to_dict()["name"] for m in from_run] == ["blocks.1.mlp.post[3]", "blocks.1.mlp.post[7]"]
+    with pytest.raises(ValueError, match="not in layer 1"):
+        key_value_memories(tiny_llama, 1, ["blocks.2.mlp.post[3]"], dataset=dataset)
     for a, b in zip(from_store, from_run):
         assert a.next_tokens == b.next_tokens and a.promoted == b.promoted
         assert [t["tokens"] for t in a.triggers] == [t["tokens"] for t in b.triggers]
@@ -324,10 +359,14 @@ def test_circuits_run_folder_and_cli(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(
         circuits_report, "context_inputs", lambda model, ids, names: (text, None, "two lines")
     )
-    out = write_circuits_run(model, tmp_path / "run", heads=["2.1", "0.3"], tokens=words, offset=1)
+    out = write_circuits_run(
+        model, tmp_path / "run", heads=["blocks.2.attn.z[1]", "L0H3"], tokens=words, offset=1
+    )
     heads = json.loads((out / "heads.json").read_text())
     scores = copying_scores(model)
-    assert heads[0]["head"] == "2.1" and heads[0]["copying_vocab"] == pytest.approx(float(scores[2, 1]))
+    assert [h["head"] for h in heads] == ["blocks.2.attn.z[1]", "blocks.0.attn.z[3]"]
+    assert heads[0]["inputs"]["k"] == "blocks.2.attn.k[0]"  # GQA: query head 1 reads key/value head 0
+    assert heads[0]["copying_vocab"] == pytest.approx(float(scores[2, 1]))
     assert torch.tensor(heads[0]["ov"]) == pytest.approx(ov_circuit(model, 2, 1, ids, ids), abs=1e-6)
     assert torch.tensor(heads[0]["qk"]) == pytest.approx(
         qk_circuit(model, 2, 1, ids, ids, offset=1), abs=1e-6
@@ -344,7 +383,16 @@ def test_circuits_run_folder_and_cli(tmp_path, capsys, monkeypatch):
     )
     comp = json.loads((out / "composition.json").read_text())
     assert math.isfinite(comp["baseline"]) and len(comp["top"]["v"]) == 20
-    assert read_run(out)["heads"] == ["2.1", "0.3"]
+    assert read_run(out)["heads"] == ["blocks.2.attn.z[1]", "blocks.0.attn.z[3]"]
+    # the neurons writing most into head 2.1's key input: largest |W_out[n] N W_K^kv| over layers 0 and 1
+    w = model.weights
+    norms = torch.stack(
+        [(w.W_out(layer) @ torch.diag(w.ln1_w(2)) @ w.W_K(2)[0]).norm(dim=-1) for layer in (0, 1)]
+    ).detach()  # [layer, d_mlp]
+    best = heads[0]["neurons"]["k"][0]
+    layer, neuron = divmod(int(norms.argmax()), norms.shape[1])
+    assert best["neuron"] == f"blocks.{layer}.mlp.post[{neuron}]"
+    assert best["norm"] == pytest.approx(float(norms.max()), rel=1e-5)
 
     folder = tmp_path / "tiny-llama"
     model.hf.save_pretrained(folder)
@@ -354,12 +402,12 @@ def test_circuits_run_folder_and_cli(tmp_path, capsys, monkeypatch):
         "--model",
         str(folder),
         "--heads",
-        "1.0",
+        "blocks.1.attn.z[0]",
         "--tokens",
         "cat,dog",
         "--out",
         str(tmp_path / "c"),
     ]
     assert main(cli) == 0 and (tmp_path / "c" / "report.html").is_file()
-    assert main([*cli[:3], "--heads", "9.0", "--out", str(tmp_path / "d")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert main([*cli[:3], "--heads", "blocks.9.attn.z[0]", "--out", str(tmp_path / "d")]) == 2
+    assert "this model has layers 0..2" in capsys.readouterr().err

@@ -139,7 +139,9 @@ def test_mean_difference_and_probe_find_a_planted_direction(tiny_llama):
 
 def test_read_out_kernel_is_invisible_to_the_readers(tiny_llama):
     w = tiny_llama.weights
-    read, _ = read_out_matrix(tiny_llama, "blocks.0.resid_post", readers=["1.2.q", "2.0.k"])
+    read, _ = read_out_matrix(
+        tiny_llama, "blocks.0.resid_post", readers=["blocks.1.attn.q[2]", "blocks.2.attn.k[0]"]
+    )
     q, _ = torch.linalg.qr(read)
     kernel = torch.randn(read.shape[0])
     kernel = kernel - q @ (q.T @ kernel)
@@ -155,8 +157,14 @@ def test_read_out_kernel_is_invisible_to_the_readers(tiny_llama):
     silent = silent - q @ (q.T @ silent)  # a neuron pattern W_out maps to nothing
     with torch.no_grad():
         assert (silent @ w.W_out(1)).abs().max() < 1e-5
-    with pytest.raises(ValueError, match="'nonsense'"):
+    with pytest.raises(ValueError, match="unknown component 'nonsense'"):
         read_out_matrix(tiny_llama, "blocks.0.resid_post", readers=["nonsense"])
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.q\[1\] read the residual stream before"):
+        read_out_matrix(tiny_llama, "blocks.0.resid_post", readers=["blocks.0.attn.q[1]"])
+    with pytest.warns(FutureWarning):  # the old short form names the same head (query head 3 -> kv head 1)
+        old, _ = read_out_matrix(tiny_llama, "blocks.0.resid_post", readers=["2.3.k"])
+    new, _ = read_out_matrix(tiny_llama, "blocks.0.resid_post", readers=["blocks.2.attn.k[1]"])
+    assert torch.equal(old, new)
     with pytest.raises(ValueError, match="vector site"):
         site_problem(tiny_llama, toy_task(tiny_llama), "blocks.1.attn.z")
 

@@ -64,9 +64,23 @@ def test_every_head_sweep(tiny_llama):
 
 def test_path_patch_errors(tiny_llama):
     task = toy_task(tiny_llama)
-    with pytest.raises(ValueError, match="is not a head"):
+    with pytest.raises(ValueError, match=r"is not a sender .*blocks\.L\.attn\.z\[H\]"):
         path_patch(tiny_llama, task, senders=["blocks.1.attn.z"])
-    with pytest.raises(ValueError, match="2 heads for attn.k"):
+    with pytest.raises(ValueError, match="is not a receiver"):  # a head's output does not receive
+        path_patch(tiny_llama, task, senders=["blocks.0.attn.z[0]"], receivers=["blocks.2.attn.z[1]"])
+    with pytest.raises(ValueError, match=r"2 key/value heads, indexed 0\.\.1"):
         path_patch(tiny_llama, task, senders=["blocks.0.attn.z[0]"], receivers=["blocks.2.attn.k[3]"])
     with pytest.raises(ValueError, match="no path"):
         path_patch(tiny_llama, task, senders=["blocks.2.attn.z[0]"], receivers=["blocks.1.attn.q[0]"])
+
+
+def test_aliases_name_the_same_heads_and_results_use_canonical_names(tiny):
+    """TransformerLens names and the L{l}H{h} shorthand give exactly the canonical result."""
+    task = toy_task(tiny, n=3)
+    canonical = path_patch(
+        tiny, task, senders="blocks.0.attn.z[2]", receivers="blocks.2.attn.q[1]", progress=False
+    )
+    alias = path_patch(tiny, task, senders="L0H2", receivers="blocks.2.attn.hook_q[1]", progress=False)
+    torch.testing.assert_close(alias.per_example, canonical.per_example, atol=0, rtol=0)
+    assert alias.labels["senders"] == ["blocks.0.attn.z[2]"]
+    assert alias.meta["receivers"] == "blocks.2.attn.q[1]"

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..data.tasks.ioi import TEMPLATES, TRAIN_TEMPLATES, ioi
+from ..model.sites import format_component
 from ..report import Text, bar_chart, heatmap, page, save_page, scatter, table
 from . import metrics as M
 from .attribution import attribution_patch, compare
@@ -89,7 +90,9 @@ def _roles(model, task, head_sweep, dla) -> list[dict]:
 
     def add(role, heads, evidence):
         for layer, head in heads:
-            roles.append({"role": role, "head": f"{layer}.{head}", **evidence(layer, head)})
+            roles.append(
+                {"role": role, "head": format_component(layer, "attn.z", head), **evidence(layer, head)}
+            )
 
     def base(layer, head):
         return {
@@ -115,7 +118,7 @@ def _roles(model, task, head_sweep, dla) -> list[dict]:
             row = base(layer, head)
             row["path effect on name movers' queries"] = 1.0 - float(res.values[0])
             if row["path effect on name movers' queries"] > 0.02:
-                roles.append({"role": "S-inhibition", "head": f"{layer}.{head}", **row})
+                roles.append({"role": "S-inhibition", "head": format_component(layer, "attn.z", head), **row})
 
     def copy_evidence(layer, head):
         return {

@@ -1,7 +1,9 @@
 """Path patching (Wang et al. 2022, appendix B): the effect of sender heads along specific paths only.
 
 Senders are heads "blocks.L.attn.z[H]"; receivers are "logits" or heads' inputs "blocks.L.attn.q[H]"
-(also .k / .v; for grouped-query models H is then a key/value head, shared by its query heads).
+(also .k / .v; for grouped-query models H is then a key/value head, shared by its query heads). Names
+follow model.sites.parse_component (TransformerLens aliases such as blocks.7.attn.hook_z[3] and L7H3 work
+too); results name them canonically.
 
 To logits: run the clean prompts with the senders' outputs taken from the corrupt run and every other head
 frozen at its clean output (MLPs recompute), and measure the metric.
@@ -12,33 +14,21 @@ Values use patch_sweep's scale: 1 = the clean metric (no effect), 0 = the corrup
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..model.sites import Component, parse_component
 from . import metrics as M
 from .result import GridResult
 
-_HEAD = re.compile(r"^blocks\.(\d+)\.attn\.(z|q|k|v)\[(\d+)\]$")
+SENDER_KINDS = ("attn.z",)
+RECEIVER_KINDS = ("attn.q", "attn.k", "attn.v")
 
 
-def parse_head(spec: str, kinds: str = "zqkv") -> tuple[int, str, int]:
-    """'blocks.7.attn.z[3]' -> (7, 'z', 3)."""
-    match = _HEAD.match(spec.strip())
-    if not match or match.group(2) not in kinds:
-        allowed = " or ".join(f"blocks.L.attn.{k}[H]" for k in kinds)
-        raise ValueError(f"{spec!r} is not a head; write {allowed}, e.g. 'blocks.7.attn.{kinds[0]}[3]'")
-    return int(match.group(1)), match.group(2), int(match.group(3))
-
-
-def _check_head(model, layer: int, kind: str, head: int, spec: str) -> None:
-    n = model.cfg.n_kv_heads if kind in "kv" else model.cfg.n_heads
-    if not (0 <= layer < model.cfg.n_layers and 0 <= head < n):
-        raise ValueError(
-            f"{spec}: this model has layers 0..{model.cfg.n_layers - 1} and {n} heads for attn.{kind}"
-        )
+def _heads(model, specs, kinds, what: str) -> list[Component]:
+    """Parse head names ('blocks.7.attn.z[3]', or any alias model.sites accepts) and check them."""
+    return [parse_component(s, model.cfg, kinds=kinds, indexed=True, what=what) for s in specs]
 
 
 def _frozen_run(model, task, sender_sets, orig_z, new_z, record: list[str]):
@@ -76,9 +66,7 @@ def _receiver_run(model, task, receivers, recorded, k: int) -> Tensor:
     """Pass 2: clean prompts with only the receivers' q/k/v (head-selected) taken from `recorded`."""
     from ..model.interventions import Patch
 
-    patches = [
-        Patch(f"blocks.{layer}.attn.{kind}", source=recorded, heads=[head]) for layer, kind, head in receivers
-    ]
+    patches = [Patch(r.site, source=recorded, heads=[r.index]) for r in receivers]
     with torch.no_grad():
         logits, _ = model.run_with_cache(
             _repeat(task.inputs("clean"), k), sites=[], interventions=patches, logits_to_keep=1
@@ -101,24 +89,20 @@ def path_patch(
     metric_fn = M.get_metric(metric)
     receiver_heads = None
     if receivers != "logits":
-        receivers = [receivers] if isinstance(receivers, str) else list(receivers)
-        receiver_heads = [parse_head(r, "qkv") for r in receivers]
-        for (layer, kind, head), spec in zip(receiver_heads, receivers):
-            _check_head(model, layer, kind, head, spec)
+        receivers = [receivers] if isinstance(receivers, (str, Component)) else list(receivers)
+        receiver_heads = _heads(model, receivers, RECEIVER_KINDS, "receiver (a head's q, k or v input)")
     if senders == "all":
         sender_sets = [
             [(layer, head)] for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
         ]
     else:
-        specs = [senders] if isinstance(senders, str) else list(senders)
-        parsed = [parse_head(s, "z") for s in specs]
-        for (layer, kind, head), spec in zip(parsed, specs):
-            _check_head(model, layer, kind, head, spec)
-        sender_sets = [[(layer, head) for layer, _, head in parsed]]
+        specs = [senders] if isinstance(senders, (str, Component)) else list(senders)
+        parsed = _heads(model, specs, SENDER_KINDS, "sender (a head's output)")
+        sender_sets = [[(c.layer, c.index) for c in parsed]]
     if (
         senders != "all"
         and receiver_heads
-        and min(layer for layer, _ in sender_sets[0]) >= max(layer for layer, _, _ in receiver_heads)
+        and min(layer for layer, _ in sender_sets[0]) >= max(r.layer for r in receiver_heads)
     ):
         raise ValueError("no path: every sender is at or after every receiver; senders need lower layers")
     z_sites = [f"blocks.{i}.attn.z" for i in range(model.cfg.n_layers)]
@@ -128,11 +112,7 @@ def path_patch(
     n = len(task)
     every = torch.arange(n)
     clean_m, corrupt_m = metric_fn(clean_logits[:, -1], task), metric_fn(corrupt_logits[:, -1], task)
-    record = (
-        []
-        if receiver_heads is None
-        else list(dict.fromkeys(f"blocks.{layer}.attn.{kind}" for layer, kind, _ in receiver_heads))
-    )
+    record = [] if receiver_heads is None else list(dict.fromkeys(r.site for r in receiver_heads))
     raw = torch.empty(len(sender_sets), n)
     for start in tqdm(
         range(0, len(sender_sets), chunk),
@@ -146,7 +126,7 @@ def path_patch(
         raw[start : start + len(group)] = metric_fn(last, task.subset(every.repeat(len(group)))).view(
             len(group), n
         )
-    what = "logits" if receiver_heads is None else ", ".join(receivers)
+    what = "logits" if receiver_heads is None else ", ".join(map(str, receiver_heads))
     if senders == "all":
         grid = raw.view(model.cfg.n_layers, model.cfg.n_heads, n)
         axes, labels = (
@@ -157,7 +137,7 @@ def path_patch(
             },
         )
     else:
-        grid, axes, labels = raw, ["senders"], {"senders": [", ".join(specs)]}
+        grid, axes, labels = raw, ["senders"], {"senders": [", ".join(map(str, parsed))]}
     return GridResult.from_per_example(
         grid,
         clean_m,

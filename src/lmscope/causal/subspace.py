@@ -143,7 +143,7 @@ def site_problem(
     kv = DynamicCache()
     with torch.no_grad():
         _, base_cache = model.run_with_cache(
-            task.inputs("clean"), sites=[site, resid], logits_to_keep=1, past_key_values=kv
+            task.inputs("clean"), sites=[site, resid], logits_to_keep=1, kv_cache=kv
         )
         _, source_cache = model.run_with_cache(task.inputs("corrupt"), sites=[site], stop_at=site)
     stop = task.clean.shape[1] - 1  # the prediction position is the last one (prompts are left-padded)
@@ -157,7 +157,7 @@ def site_problem(
             sites=[],
             interventions=[set_h],
             start_from=(layer, start[idx]),
-            past_key_values=_subset_kv(kv, idx, stop),
+            kv_cache=_subset_kv(kv, idx, stop),
             logits_to_keep=1,
         )
         return logits[:, -1].float()
@@ -185,24 +185,13 @@ def site_problem(
     )
 
 
-def _parse_reader(reader: str) -> tuple[int, int, str]:
-    parts = reader.split(".")
-    try:
-        layer, head = int(parts[0]), int(parts[1])
-        which = parts[2] if len(parts) > 2 else "q"
-    except (ValueError, IndexError):
-        raise ValueError(f"reader {reader!r}: write a head as 'L.H' or 'L.H.q' / '.k' / '.v'") from None
-    if which not in ("q", "k", "v") or len(parts) > 3:
-        raise ValueError(f"reader {reader!r}: the part after the head must be q, k or v")
-    return layer, head, which
-
-
 def read_out_matrix(model, site: str, readers: list[str] | None = None) -> tuple[Tensor, str]:
     """[d, r] columns spanning what the weights downstream of `site` read from it, and a note saying which.
 
-    mlp.post: the rows of W_out (the only reader of the neurons). Residual-stream sites: W_Q/W_K/W_V of
-    the named reader heads with their input norm's weight folded in; readers=None takes every head and MLP
-    input of later layers (then the read-out usually spans everything and the split says nothing).
+    mlp.post: the rows of W_out (the only reader of the neurons). Residual-stream sites: what the named
+    readers read (circuits.composition.reader_matrix: heads' q/k/v inputs such as 'blocks.23.attn.q[0]', MLP
+    inputs, logits) with their norm's weight folded in; readers=None takes every head and MLP input of later
+    layers (then the read-out usually spans everything and the split says nothing).
     Norms divide by a data-dependent scale; a direction in the kernel still changes that scale a little.
     """
     layer, kind = _vector_site(model, site)
@@ -214,15 +203,16 @@ def read_out_matrix(model, site: str, readers: list[str] | None = None) -> tuple
         raise ValueError("no read-out split for mlp.pre: audit mlp.post (the neurons W_out reads)")
     first = layer + 1 if kind in ("resid_post", "mlp.out") else layer
     if readers:
-        cols = []
-        for reader in readers:
-            lay, head, which = _parse_reader(reader)
-            if lay < first and kind != "attn.out":
-                raise ValueError(f"reader head {reader} is not downstream of {site}")
-            mat = {"q": w.W_Q, "k": w.W_K, "v": w.W_V}[which]
-            wh = mat(lay, expand_kv=True)[head] if which != "q" else mat(lay)[head]  # [d_model, d_head]
-            cols.append(w.ln1_w(lay).detach().float()[:, None] * wh.detach().float())
-        return torch.cat(cols, dim=1), "W_" + "/".join(sorted({r.split(".")[-1].upper() for r in readers}))
+        from ..circuits.composition import READER_KINDS, reader_matrix, stream_position
+        from ..model.sites import parse_component
+
+        written = stream_position(model, parse_component(site, model.cfg))[1]
+        comps = [parse_component(r, model.cfg, kinds=READER_KINDS, what="reader") for r in readers]
+        late = [str(c) for c in comps if stream_position(model, c)[0] < written]
+        if late:
+            raise ValueError(f"readers {', '.join(late)} read the residual stream before {site} is written")
+        cols = [reader_matrix(model, c).float() for c in comps]
+        return torch.cat(cols, dim=1), "what " + ", ".join(map(str, comps)) + " read"
     cols = []
     for lay in range(first, model.cfg.n_layers):
         for mat in (w.W_Q(lay), w.W_K(lay), w.W_V(lay)):

@@ -6,7 +6,7 @@ virtual weights, MLP neurons as key-value memories.
     copying_scores(model)                                                  # [n_layers, n_heads], in [-1, 1]
     ov_circuit(model, 23, 0, [" Mary", " John"], [" Mary", " John"])       # source token -> logits
     composition_scores(model).top("k")                                     # strongest K-composition pairs
-    virtual_weights(model, "mlp.3", "7.1.v")                               # neurons -> head value input
+    virtual_weights(model, "blocks.3.mlp", "blocks.7.attn.v[1]")          # neurons -> head value input
     key_value_memories(model, 20, [123, 456])                              # triggers and promoted tokens
 """
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
+from ..model.sites import format_component, head_input, parse_component
 from ..report import Text, bar_chart, heatmap, page, save_page, table
 from ..runs import write_atomic, write_json, write_run
 from .composition import KINDS, composition_scores, virtual_weights
@@ -16,7 +17,6 @@ from .qkov import (
     copying_score_of,
     copying_scores,
     ov_circuit,
-    parse_head,
     qk_circuit,
     token_ids,
     token_residuals,
@@ -75,13 +75,18 @@ def context_inputs(model, ids: torch.Tensor, names: bool) -> tuple[torch.Tensor,
 @torch.no_grad()
 def top_neuron_writers(model, head: str, part: str, k: int = 10) -> list[dict]:
     """The k neurons of earlier MLP layers with the largest virtual weights into a head's q, k or v input:
-    [{"neuron": "L.N", "norm": |W_out[n] N W_part^h|}, ...] (weights only; activations scale them)."""
-    layer, _ = parse_head(head, model)
+    [{"neuron": "blocks.L.mlp.post[N]", "norm": |W_out[n] N W_part^h|}, ...] (weights only; activations
+    scale them). head: a head's name, e.g. 'blocks.7.attn.z[3]'."""
+    comp = parse_component(head, model.cfg, kinds=("attn.z",), indexed=True, what="head")
+    reader = head_input(model.cfg, comp.layer, comp.index, part)
     rows = []
-    for earlier in range(layer):
-        norms = virtual_weights(model, f"mlp.{earlier}", f"{head}.{part}").norm(dim=-1)  # [d_mlp]
+    for earlier in range(comp.layer):
+        norms = virtual_weights(model, format_component(earlier, "mlp"), reader).norm(dim=-1)  # [d_mlp]
         top = norms.topk(min(k, len(norms)))
-        rows += [{"neuron": f"{earlier}.{int(i)}", "norm": float(v)} for v, i in zip(top.values, top.indices)]
+        rows += [
+            {"neuron": format_component(earlier, "mlp.post", int(i)), "norm": float(v)}
+            for v, i in zip(top.values, top.indices)
+        ]
     return sorted(rows, key=lambda r: -r["norm"])[:k]
 
 
@@ -128,11 +133,13 @@ def write_circuits_run(
 
 
 def _head_detail(model, spec: str, ids, present, resid, comp, offset: int, data: dict) -> dict:
-    layer, head = parse_head(spec, model)
+    name = parse_component(spec, model.cfg, kinds=("attn.z",), indexed=True, what="head")
+    layer, head = name.layer, name.index
     ov = ov_circuit(model, layer, head, ids, ids)  # [n, n]
     own = torch.arange(len(ids))
     detail = {
-        "head": f"{layer}.{head}",
+        "head": str(name),
+        "layer": layer,
         "copying_vocab": float(data["vocab"][layer, head]),
         "copying_tokens": copying_score_of(ov),
         "self_top_tokens": float(
@@ -143,7 +150,8 @@ def _head_detail(model, spec: str, ids, present, resid, comp, offset: int, data:
         "writers": {
             kind: comp.get(kind)[:layer, :, layer, head].tolist() for kind in KINDS
         },  # [layer, n_heads]
-        "neurons": {part: top_neuron_writers(model, f"{layer}.{head}", part) for part in ("q", "k", "v")},
+        "inputs": {part: str(head_input(model.cfg, layer, head, part)) for part in ("q", "k", "v")},
+        "neurons": {part: top_neuron_writers(model, name, part) for part in ("q", "k", "v")},
     }
     if resid is not None:
         ov_in_context = ov_circuit(model, layer, head, src_resid=resid[layer], dst_tokens=present)
@@ -221,7 +229,7 @@ def _page(model, data: dict, comp, top: dict, details: list[dict], offset: int) 
 def _head_parts(
     d: dict, labels: list[str], context_labels: list[str], layers: list[str], n_heads: int
 ) -> list:
-    name, layer = d["head"], int(d["head"].split(".")[0])
+    name, layer = d["head"], d["layer"]
     parts = [
         heatmap(
             d["ov"], labels, labels, title="OV circuit, direct path", xlabel="logit of", ylabel="attending to"
@@ -239,6 +247,6 @@ def _head_parts(
                              ylabel="writer layer", center=None, cmap="sequential"))  # fmt: skip
     for part, neurons in d["neurons"].items():
         if neurons:
-            title = f"neurons writing most into {name}.{part} (virtual weight norm)"
+            title = f"neurons writing most into {d['inputs'][part]} (virtual weight norm)"
             parts.append(bar_chart([n["norm"] for n in neurons], [n["neuron"] for n in neurons], title=title))
     return parts

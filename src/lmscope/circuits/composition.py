@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..model.config import ModelConfig
+from ..model.sites import Component, format_component, parse_component
 from .qkov import final_norm_matrix, norm_matrix
 
 KINDS = ("q", "k", "v")
@@ -97,21 +99,37 @@ class CompositionScores:
     v: Tensor
     baseline: float
     baseline_std: float
+    cfg: ModelConfig | None = None  # to check head names given to score()
 
     def get(self, kind: str) -> Tensor:
         if kind not in KINDS:
             raise ValueError(f"composition kind must be one of {KINDS}, got {kind!r}")
         return getattr(self, kind)
 
+    def score(self, writer, reader, kind: str) -> float:
+        """The `kind` composition score of one pair of heads, named as model.sites.parse_component does
+        ('blocks.0.attn.z[1]', 'L0H1'); NaN when the writer is not in an earlier layer."""
+        if self.cfg is None:
+            raise ValueError(
+                "these scores carry no model config; index .q / .k / .v [l1, h1, l2, h2] instead"
+            )
+        w, r = (
+            parse_component(x, self.cfg, kinds=("attn.z",), indexed=True, what="head")
+            for x in (writer, reader)
+        )
+        return float(self.get(kind)[w.layer, w.index, r.layer, r.index])
+
     def top(self, kind: str, k: int = 10) -> list[tuple[str, str, float]]:
-        """The k strongest (writer 'L.H', reader 'L.H', score) pairs of one kind."""
+        """The k strongest (writer head, reader head, score) pairs of one kind, heads named canonically
+        ('blocks.0.attn.z[1]'); the reader composes through its `kind` input."""
         scores = self.get(kind)
         flat = scores.flatten().nan_to_num(float("-inf"))
         n_l, n_h = scores.shape[:2]
         out = []
         for i in flat.topk(min(k, int(scores.isfinite().sum()))).indices.tolist():
             l1, h1, l2, h2 = (i // (n_h * n_l * n_h), i // (n_l * n_h) % n_h, i // n_h % n_l, i % n_h)
-            out.append((f"{l1}.{h1}", f"{l2}.{h2}", float(flat[i])))
+            writer, reader = format_component(l1, "attn.z", h1), format_component(l2, "attn.z", h2)
+            out.append((writer, reader, float(flat[i])))
         return out
 
     def to_dict(self) -> dict:
@@ -142,7 +160,7 @@ def composition_scores(model, n_baseline: int = 200, seed: int = 0) -> Compositi
             grid[:layer, :, layer, :] = s.view(layer, c.n_heads, c.n_heads)
         out[kind] = grid
     mean, std = random_baseline(c.d_model, c.d_head, n_baseline, seed)
-    return CompositionScores(**out, baseline=mean, baseline_std=std)
+    return CompositionScores(**out, baseline=mean, baseline_std=std, cfg=c)
 
 
 @torch.no_grad()
@@ -162,90 +180,83 @@ def random_baseline(d_model: int, d_head: int, n: int = 200, seed: int = 0) -> t
 # ------------------------------------------------------------------------------------------ virtual weights
 
 
-_USAGE = (
-    "use embed, unembed, LAYER.HEAD (a head's output), LAYER.HEAD.q/k/v (its inputs), mlp.LAYER (its "
-    "neurons: their output weights as a writer, W_in as a reader) or mlp.LAYER.gate"
-)
+WRITER_KINDS = ("embed", "attn.z", "mlp", "mlp.post")
+READER_KINDS = ("attn.q", "attn.k", "attn.v", "mlp", "mlp.pre", "mlp.pre_linear", "logits")
 
 
-def _component(model, spec: str) -> tuple[str, int, int, str]:
-    """'embed' | 'unembed' | 'L.H' | 'L.H.q|k|v' | 'mlp.L' | 'mlp.L.gate' -> (kind, layer, head, part)."""
-    c = model.cfg
-    parts = spec.strip().split(".")
-    if parts in (["embed"], ["unembed"]):
-        return parts[0], -1 if parts[0] == "embed" else c.n_layers, -1, ""
-    mlp = parts[0] == "mlp"
-    numbers, rest = (parts[1:2], parts[2:]) if mlp else (parts[:2], parts[2:])
-    allowed = ([], ["gate"]) if mlp else ([], ["q"], ["k"], ["v"])
-    if len(numbers) != (1 if mlp else 2) or not all(n.isdigit() for n in numbers) or rest not in allowed:
-        raise ValueError(f"unknown component {spec!r}; {_USAGE}")
-    layer = int(numbers[0])
-    if layer >= c.n_layers:
-        raise ValueError(f"{spec!r}: this model has layers 0..{c.n_layers - 1}")
-    if mlp:
-        if rest and not c.gated_mlp:
-            raise ValueError(f"{spec!r}: this model's MLPs have no gate")
-        return "mlp", layer, -1, "gate" if rest else "in"
-    head = int(numbers[1])
-    if head >= c.n_heads:
-        raise ValueError(f"{spec!r}: this model has heads 0..{c.n_heads - 1}")
-    return "head", layer, head, rest[0] if rest else ""
+def _component(model, spec, kinds: tuple[str, ...], what: str) -> Component:
+    """Parse a writer or reader name (model.sites grammar); heads need their index."""
+    comp = parse_component(spec, model.cfg, kinds=kinds, what=what)
+    if comp.kind.startswith("attn.") and comp.index is None:
+        raise ValueError(f"{spec!r}: name one head, e.g. {comp}[0]")
+    return comp
+
+
+def _rows(weight: Tensor, comp: Component) -> Tensor:
+    """A neuron's row of a [d_mlp, ...] weight (kept 2-D), or the whole weight."""
+    return weight if comp.index is None else weight[comp.index : comp.index + 1]
 
 
 @torch.no_grad()
-def writer_matrix(model, spec: str) -> Tensor:
+def writer_matrix(model, spec) -> Tensor:
     """What a writer adds to the residual per unit of its output: [n_out, d_model].
-    embed: W_E [d_vocab]; 'L.H': W_O of head H [d_head]; 'mlp.L': W_out [d_mlp]."""
-    kind, layer, head, part = _component(model, spec)
+    embed: W_E [d_vocab]; blocks.L.attn.z[H]: W_O of head H [d_head]; blocks.L.mlp (or .mlp.post): W_out
+    [d_mlp]; blocks.L.mlp.post[N]: neuron N's row of W_out [1]."""
+    comp = _component(model, spec, WRITER_KINDS, "writer (embed, a head's output or MLP neurons)")
     w = model.weights
-    if kind == "embed":
+    if comp.kind == "embed":
         return w.W_E.detach()
-    if kind == "head" and not part:
-        return w.W_O(layer)[head].detach()
-    if kind == "mlp" and part == "in":
-        return w.W_out(layer).detach()
-    raise ValueError(f"{spec!r} does not write to the residual stream; writers: embed, L.H, mlp.L")
+    if comp.kind == "attn.z":
+        return w.W_O(comp.layer)[comp.index].detach()
+    return _rows(w.W_out(comp.layer).detach(), comp)
 
 
 @torch.no_grad()
-def reader_matrix(model, spec: str) -> Tensor:
+def reader_matrix(model, spec) -> Tensor:
     """How a reader reads the residual, its norm's weight folded in: [d_model, n_in].
-    'L.H.q|k|v': N W_Q/K/V [d_head]; 'mlp.L': N W_in [d_mlp] ('mlp.L.gate': N W_gate); unembed: N_f W_U."""
-    kind, layer, head, part = _component(model, spec)
-    w = model.weights
-    if kind == "unembed":
+    blocks.L.attn.q[H] / .k[H] / .v[H]: N W_Q/K/V of that (query or key/value) head [d_head];
+    blocks.L.mlp: N W_in [d_mlp] (the up-projection); blocks.L.mlp.pre: what the pre-activation reads (the
+    gate, N W_gate, for GLU MLPs); blocks.L.mlp.pre_linear: N W_in (GLU only); with [N] one neuron's column;
+    logits: N_f W_U [d_vocab]."""
+    comp = _component(model, spec, READER_KINDS, "reader (a head's q/k/v input, an MLP input or logits)")
+    w, layer = model.weights, comp.layer
+    if comp.kind == "logits":
         return final_norm_matrix(model) @ w.W_U.detach()
-    if kind == "head" and part:
-        weight = {"q": w.W_Q(layer), "k": w.W_K(layer, expand_kv=True), "v": w.W_V(layer, expand_kv=True)}[
-            part
-        ]
-        return norm_matrix(model, w.ln1_w(layer)) @ weight[head].detach()
-    if kind == "mlp":
-        weight = w.W_gate(layer) if part == "gate" else w.W_in(layer)
-        return norm_matrix(model, w.ln2_w(layer)) @ weight.detach()
-    raise ValueError(
-        f"{spec!r} does not read the residual stream; readers: L.H.q/k/v, mlp.L, mlp.L.gate, unembed"
-    )
+    if comp.kind in ("attn.q", "attn.k", "attn.v"):
+        weight = {"attn.q": w.W_Q, "attn.k": w.W_K, "attn.v": w.W_V}[comp.kind](layer)  # [heads, d, d_head]
+        return norm_matrix(model, w.ln1_w(layer)) @ weight[comp.index].detach()
+    gate = comp.kind == "mlp.pre" and model.cfg.gated_mlp
+    weight = (w.W_gate(layer) if gate else w.W_in(layer)).detach()  # [d_model, d_mlp]
+    return norm_matrix(model, w.ln2_w(layer)) @ _rows(weight.T, comp).T
 
 
-def _order(model, spec: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(where it reads, where it writes) along the residual stream, as (layer, step)."""
-    kind, layer, _, _ = _component(model, spec)
+def stream_position(model, comp: Component) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(where it reads, where it writes) along the residual stream, as (layer, step) with step 0 = that
+    layer's resid_pre, 1 = resid_mid, 2 = resid_post. A residual site is read and written where it is."""
     parallel = model.cfg.parallel_residual  # attention and MLP both read resid_pre, both write resid_post
-    if kind == "embed":
+    where = {"resid_pre": -1, "resid_mid": 1, "resid_post": 2}.get(comp.kind)
+    if where is not None:  # resid_pre of layer L is resid_post of layer L - 1
+        at = (comp.layer - 1, 2) if where < 0 else (comp.layer, where)
+        return at, at
+    if comp.kind == "final.norm":
+        return (model.cfg.n_layers, 0), (model.cfg.n_layers, 0)
+    if comp.kind in ("embed", "pos_embed"):
         return (-1, 0), (-1, 2)
-    if kind == "unembed":
-        return (layer, 0), (layer, 2)
-    if kind == "head":
-        return (layer, 0), (layer, 2 if parallel else 1)
-    return (layer, 0 if parallel else 1), (layer, 2)
+    if comp.kind == "logits":
+        return (model.cfg.n_layers, 0), (model.cfg.n_layers, 2)
+    if comp.kind.startswith("attn"):
+        return (comp.layer, 0), (comp.layer, 2 if parallel else 1)
+    return (comp.layer, 0 if parallel else 1), (comp.layer, 2)
 
 
 @torch.no_grad()
-def virtual_weights(model, writer: str, reader: str) -> Tensor:
+def virtual_weights(model, writer, reader) -> Tensor:
     """Virtual weights [n_out, n_in] = writer_matrix @ reader_matrix: how much each output dimension of the
     writer (a token, a head's d_head dims, a neuron) moves each input dimension of the reader through the
-    residual stream, the reader's norm weight folded in and its data-dependent scale left out."""
-    if _order(model, writer)[1] > _order(model, reader)[0]:
-        raise ValueError(f"{reader!r} reads the residual stream before {writer!r} writes to it")
-    return writer_matrix(model, writer) @ reader_matrix(model, reader)
+    residual stream, the reader's norm weight folded in and its data-dependent scale left out.
+    Names follow model.sites.parse_component, e.g. virtual_weights(model, "blocks.3.mlp", "blocks.7.attn.v[1]")."""
+    w_comp = _component(model, writer, WRITER_KINDS, "writer (embed, a head's output or MLP neurons)")
+    r_comp = _component(model, reader, READER_KINDS, "reader (a head's q/k/v input, an MLP input or logits)")
+    if stream_position(model, w_comp)[1] > stream_position(model, r_comp)[0]:
+        raise ValueError(f"{r_comp} reads the residual stream before {w_comp} writes to it")
+    return writer_matrix(model, w_comp) @ reader_matrix(model, r_comp)

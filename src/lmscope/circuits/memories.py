@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..features.neurons import unit_activations, vocab_projection
+from ..model.sites import Component, format_component, parse_component
 from .text import text_dataset
 
 
@@ -39,8 +40,13 @@ class Memory:
     suppressed: list[list]
     agreement: float
 
+    @property
+    def name(self) -> str:
+        """The neuron's canonical name, e.g. 'blocks.20.mlp.post[123]'."""
+        return format_component(self.layer, "mlp.post", self.neuron)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"name": self.name, **asdict(self)}
 
 
 @dataclass
@@ -58,8 +64,8 @@ class _Rows:
 
 def key_value_memories(
     model,
-    layer: int,
-    neurons: Sequence[int],
+    layer: int | str,
+    neurons: Sequence[int | str],
     *,
     store=None,
     dataset=None,
@@ -72,11 +78,14 @@ def key_value_memories(
 ) -> list[Memory]:
     """Key (trigger contexts) and value (promoted vocabulary) of each neuron of blocks.{layer}.mlp.post.
 
+    layer: an int or the MLP's name ('blocks.20.mlp' or 'blocks.20.mlp.post'); neurons: indices or names
+    ('blocks.20.mlp.post[123]', 'L20N123') of neurons in that layer.
+
     Activations come from `store` (an ActivationStore or its folder, holding that site), else from a run
     over `dataset` (a TokenDataset), else over n_tokens of corpus text (see circuits.text). k triggers per
     neuron, at most one per document; context = tokens (before, after) the peak shown.
     """
-    neurons = [int(n) for n in neurons]
+    layer, neurons = _neurons(model, layer, neurons)
     if sign not in (1, -1):
         raise ValueError(f"sign must be 1 or -1, got {sign}")
     if store is not None:
@@ -100,6 +109,26 @@ def key_value_memories(
             Memory(layer, neuron, sign, triggers, following, promoted, suppressed, hits / max(len(picked), 1))
         )
     return memories
+
+
+def _neurons(model, layer: int | str, neurons: Sequence[int | str]) -> tuple[int, list[int]]:
+    """(layer, neuron indices) from ints or component names, all of one MLP layer."""
+    if isinstance(layer, (str, Component)):
+        layer = parse_component(layer, model.cfg, kinds=("mlp", "mlp.post"), indexed=False, what="MLP").layer
+    layer = int(layer)
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"layer {layer}: this model has layers 0..{model.cfg.n_layers - 1}")
+    out = []
+    for n in neurons:
+        if isinstance(n, (str, Component)):
+            unit = parse_component(n, model.cfg, kinds=("mlp.post",), indexed=True, what="neuron")
+            if unit.layer != layer:
+                raise ValueError(f"neuron {unit} is not in layer {layer}; give neurons of one layer")
+            n = unit.index
+        out.append(int(n))
+    if any(not 0 <= n < model.cfg.d_mlp for n in out):
+        raise ValueError(f"neurons {out}: this model's MLPs have neurons 0..{model.cfg.d_mlp - 1}")
+    return layer, out
 
 
 def _negated(pairs: list[list]) -> list[list]:

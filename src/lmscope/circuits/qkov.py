@@ -58,19 +58,6 @@ def token_ids(model, tokens: Tokens) -> Tensor:
     return ids
 
 
-def parse_head(spec: str | tuple[int, int], model=None) -> tuple[int, int]:
-    """'23.1' or (23, 1) -> (layer, head), checked against the model when given."""
-    try:
-        layer, head = (int(x) for x in (spec.split(".") if isinstance(spec, str) else spec))
-    except ValueError as err:
-        raise ValueError(f"a head is written LAYER.HEAD, like 23.1; got {spec!r}") from err
-    if model is not None and not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-        raise ValueError(
-            f"head {layer}.{head} does not exist: layers 0..{model.cfg.n_layers - 1}, heads 0..{model.cfg.n_heads - 1}"
-        )
-    return layer, head
-
-
 # ------------------------------------------------------------------------------------------------- norms
 
 
