@@ -395,7 +395,8 @@ def audit(
 
     model: an lmscope Model with task and site (patching is measured on test_task when given, the
     comparison directions are fitted on task), or a SiteProblem (then task may be a SiteProblem to fit the
-    comparison directions on). readers: heads "L.H[.q|.k|.v]" that read a residual-stream site.
+    comparison directions on). readers: what reads a residual-stream site, named
+    as model.sites.parse_component does (e.g. "blocks.23.attn.q[0]").
     controls=False skips the random-weight search (a second DAS run).
     """
     if subspace is None:
