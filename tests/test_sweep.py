@@ -115,7 +115,7 @@ def test_run_with_a_prefix_cache_equals_the_full_run(tiny, tokens, padded):
         mask[0, :3] = 0
     inputs = {"input_ids": tokens, "attention_mask": mask}
     kv = DynamicCache()
-    full, cache = tiny.run_with_cache(inputs, sites=["blocks.2.resid_pre"], past_key_values=kv)
+    full, cache = tiny.run_with_cache(inputs, sites=["blocks.2.resid_pre"], kv_cache=kv)
     torch.testing.assert_close(full, tiny(inputs), atol=0, rtol=0)
     assert kv.get_seq_length() == tokens.shape[1]
 
@@ -123,18 +123,18 @@ def test_run_with_a_prefix_cache_equals_the_full_run(tiny, tokens, padded):
         return DynamicCache([(layer.keys[:, :, :p0], layer.values[:, :, :p0]) for layer in kv.layers])
 
     for p0 in (1, 4, 8):
-        suffix, _ = tiny.run_with_cache(inputs, sites=[], past_key_values=prefix(p0))
+        suffix, _ = tiny.run_with_cache(inputs, sites=[], kv_cache=prefix(p0))
         torch.testing.assert_close(suffix, full[:, p0:], atol=1e-5, rtol=1e-5)
         late, _ = tiny.run_with_cache(
             inputs,
             sites=[],
-            past_key_values=prefix(p0),
+            kv_cache=prefix(p0),
             start_from=(2, cache["blocks.2.resid_pre"][:, p0:]),
             logits_to_keep=1,
         )
         torch.testing.assert_close(late, full[:, -1:], atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="past_key_values holds 9 positions"):
-        tiny.run_with_cache(inputs, sites=[], past_key_values=kv)
+    with pytest.raises(ValueError, match="kv_cache holds 9 positions"):
+        tiny.run_with_cache(inputs, sites=[], kv_cache=kv)
 
 
 @torch.no_grad()

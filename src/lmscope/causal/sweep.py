@@ -138,7 +138,7 @@ def _sources(model, task, sites: list[str], mode: str, seed: int):
                 task.inputs(name),
                 sites=sites + resid,
                 logits_to_keep=1,
-                past_key_values=kv if name == base_name else None,
+                kv_cache=kv if name == base_name else None,
             )
     (clean_logits, clean), (corrupt_logits, corrupt) = runs["clean"], runs["corrupt"]
     if mode == "denoise":
@@ -270,7 +270,7 @@ def _run_chunk(model, group: list[PatchIndex], p0: int, base: _BaseRun, source) 
             interventions=hooks,
             start_from=start_from,
             logits_to_keep=1,
-            past_key_values=_prefix_kv(base.kv, p0, k) if p0 else None,
+            kv_cache=_prefix_kv(base.kv, p0, k) if p0 else None,
         )
     return logits[:, -1]
 

@@ -187,30 +187,6 @@ def steering_direction(live: LiveModel, unit: UnitRef) -> tuple[str, Tensor]:
     return f"blocks.{layer}.mlp.out", model.weights.W_out(layer)[unit.index].detach()
 
 
-def greedy_generate(model, ids: Tensor, n_tokens: int, interventions=()) -> list[int]:
-    """``n_tokens`` greedy next tokens after ``ids`` [1, pos] (fewer if the model emits its end token).
-
-    Keys and values are cached, so each step runs one new position; the interventions act on every position,
-    as they would if the whole sequence were rerun each step.
-    """
-    from transformers import DynamicCache
-
-    eos = model.hf.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    kv = DynamicCache()
-    new: list[int] = []
-    for _ in range(n_tokens):
-        logits, _ = model.run_with_cache(
-            ids, sites=[], interventions=interventions, past_key_values=kv, logits_to_keep=1
-        )  # logits [1, 1, d_vocab]
-        nxt = int(logits[0, -1].argmax())
-        new.append(nxt)
-        if nxt in eos:
-            break
-        ids = torch.cat([ids, torch.tensor([[nxt]], device=ids.device)], dim=1)
-    return new
-
-
 def steer(live: LiveModel, unit: UnitRef, text: str, scale: float, n_tokens: int) -> dict:
     """Greedy continuations of ``text`` with and without ``scale`` x the unit's direction added at every
     position: {"unsteered": str, "steered": str, "unsteered_ids": [int], "site": str, ...}."""
@@ -224,10 +200,10 @@ def steer(live: LiveModel, unit: UnitRef, text: str, scale: float, n_tokens: int
         model = live.model_for(unit.run_model)
         ids = _tokens(model, text)
         site, direction = steering_direction(live, unit)
-        plain = greedy_generate(model, ids, n_tokens)
-        steered = greedy_generate(
-            model, ids, n_tokens, [AddDirection(site, direction=direction, scale=scale)]
-        )
+        # Greedy, keys/values cached; the direction is added at every position of every step.
+        plain = model.generate(ids, n_tokens).new_tokens.tolist()
+        push = AddDirection(site, direction=direction, scale=scale)
+        steered = model.generate(ids, n_tokens, interventions=[push]).new_tokens.tolist()
         return {
             "site": site,
             "scale": float(scale),

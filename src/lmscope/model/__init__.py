@@ -2,6 +2,7 @@
 
 from .cache import ActivationCache
 from .config import ModelConfig
+from .generate import Generation
 from .interventions import Ablate, AddDirection, Hook, Intervention, Patch, ProjectOut, SubspacePatch
 from .loading import bundled_gguf, cache_root, load
 from .model import Model
@@ -11,6 +12,7 @@ from .weights import Weights
 __all__ = [
     "ActivationCache",
     "AddDirection",
+    "Generation",
     "Ablate",
     "Hook",
     "Intervention",

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .adapters import HookSpec, adapter_for, global_specs, layer_specs
 from .cache import ActivationCache
+from .generate import Generation, generate
 from .hooks import SiteFn, StopForward, hooked
 from .interventions import Intervention
 from .sites import SiteError, resolve, site_names
@@ -84,7 +85,7 @@ class Model:
         stop_at: str | None = None,
         start_from: tuple[int, Tensor] | None = None,
         logits_to_keep: int = 0,
-        past_key_values=None,
+        kv_cache=None,
     ) -> tuple[Tensor | None, ActivationCache]:
         """Run and record `sites` (names or globs; None = every site). Returns (logits, cache).
 
@@ -94,10 +95,11 @@ class Model:
         (e.g. cached from an earlier run of the same inputs) into it: the same result, less compute.
         Sites before that layer are then not computed. logits_to_keep=k > 0 computes logits for the last k
         positions only (HF's option; saves memory when only the next token matters).
-        past_key_values: a transformers Cache holding the keys/values of the first P positions of these same
-        inputs (P = its length; e.g. from an earlier run, cropped). Only positions P.. are computed: logits,
-        recorded sites and a start_from resid_pre cover those; positions continue from P and the mask covers
-        all. The cache is extended in place, so an empty DynamicCache records this run's keys/values.
+        kv_cache: a transformers Cache (e.g. DynamicCache) holding the keys/values of the first P positions of
+        these same inputs (P = its length; e.g. from an earlier run, cropped). Only positions P.. are computed:
+        logits, recorded sites and a start_from resid_pre cover those; positions continue from P and the mask
+        covers all. The cache is extended in place, so an empty DynamicCache records this run's keys/values.
+        (Passed to HF as `cache=`, the name transformers >= 5.24 uses; `past_key_values` is deprecated there.)
         """
         names = self.sites if sites is None else self.resolve_sites(sites) if sites else []
         store: dict[str, Tensor] = {}
@@ -117,12 +119,10 @@ class Model:
             [stop_site] = self.resolve_sites([stop_at])
             requests.append((stop_site, _stop))
         ids, mask, position_ids = self._prepare(inputs, attention_mask)
-        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        past = 0 if kv_cache is None else kv_cache.get_seq_length()
         if past:  # the cache stands for positions < past: run the rest, attending to all (mask stays whole)
             if not past < ids.shape[1]:
-                raise ValueError(
-                    f"past_key_values holds {past} positions; the inputs have only {ids.shape[1]}"
-                )
+                raise ValueError(f"kv_cache holds {past} positions; the inputs have only {ids.shape[1]}")
             ids = ids[:, past:]
             position_ids = None if position_ids is None else position_ids[:, past:]
         logits = None
@@ -132,13 +132,40 @@ class Model:
                     input_ids=ids,
                     attention_mask=mask,
                     position_ids=position_ids,
-                    past_key_values=past_key_values,
-                    use_cache=past_key_values is not None,
+                    cache=kv_cache,
+                    use_cache=kv_cache is not None,
                     logits_to_keep=logits_to_keep,
                 ).logits
             except StopForward:
                 pass
         return logits, ActivationCache(store)
+
+    def generate(
+        self,
+        prompt: Inputs,
+        max_new_tokens: int,
+        interventions=(),
+        cache_sites: str | Iterable[str] = (),
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> Generation:
+        """Continue one prompt with a key/value cache; interventions act at every step. Returns a Generation
+        (text, tokens, new_tokens, and steps: the cache_sites recorded at each step). See model/generate.py."""
+        return generate(
+            self,
+            prompt,
+            max_new_tokens,
+            interventions=interventions,
+            cache_sites=cache_sites,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
 
     @contextmanager
     def intervene(self, *interventions):
