@@ -223,8 +223,8 @@ def test_probe_and_neurons_run_folders(tiny_llama, tmp_path):
 
 
 def test_best_neurons_match_one_sparse_probes_fitted_one_by_one():
-    """best_neurons fits all its one-neuron probes at once; each row must be what SparseProbe(1) (L-BFGS,
-    one neuron at a time) gives for that neuron, and the ranking what those probes' train F1 give."""
+    """Each row is what SparseProbe(1) gives for that neuron; the candidates per layer are the top neurons by
+    standardised mean difference (computed here by hand, one layer at a time); rows are ranked by train F1."""
     from lmscope.features.probing import SparseProbe, binary_metrics
     from lmscope.features.sweeps import best_neurons
 

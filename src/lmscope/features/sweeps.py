@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .basis import random_rotation
-from .probing import SparseProbe, _balanced_weights, binary_metrics
+from .probing import SparseProbe, binary_metrics
 
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -86,46 +86,6 @@ def probe_sweep(
     return rows
 
 
-def _one_neuron_probes(X: Tensor, y: Tensor, l2: float, max_iter: int = 100) -> tuple[Tensor, Tensor]:
-    """SparseProbe(1).fit on every column of X at once: (coef [m], intercept [m]) in X's units.
-
-    X [n, m] (float64), y [n] 0/1. Each column is standardised as SparseProbe.fit does, then fit_logistic's
-    objective (class-balanced mean log-loss + l2/2 w^2) is minimised by Newton's method on each column's
-    2 x 2 problem (w, b), with a halving line search: the same optimum as thousands of L-BFGS runs, in a
-    few batched steps (this is what made the neuron search slow).
-    """
-    mean, std = X.mean(0), X.std(0)
-    scale = torch.maximum(std, 1e-6 * std + 1e-12)  # SparseProbe's dead-neuron guard for one column
-    Z = (X - mean) / scale  # [n, m]
-    weights = _balanced_weights(y)[:, None]  # [n, 1]
-    yc = y[:, None]
-
-    def objective(w: Tensor, b: Tensor) -> Tensor:  # [m]
-        logits = Z * w + b
-        return (weights * (torch.nn.functional.softplus(logits) - yc * logits)).mean(0) + 0.5 * l2 * w**2
-
-    w, b = torch.zeros(X.shape[1], dtype=X.dtype), torch.zeros(X.shape[1], dtype=X.dtype)
-    loss = objective(w, b)
-    for _ in range(max_iter):
-        p = torch.sigmoid(Z * w + b)
-        r, h = weights * (p - yc), weights * p * (1 - p)  # [n, m]
-        g_w, g_b = (r * Z).mean(0) + l2 * w, r.mean(0)
-        if max(float(g_w.abs().max()), float(g_b.abs().max())) < 1e-11:
-            break  # L-BFGS in fit_logistic stops at 1e-9
-        h_ww, h_wb, h_bb = (h * Z * Z).mean(0) + l2, (h * Z).mean(0), h.mean(0)
-        det = (h_ww * h_bb - h_wb**2).clamp_min(1e-300)
-        step_w, step_b = -(h_bb * g_w - h_wb * g_b) / det, -(h_ww * g_b - h_wb * g_w) / det
-        t = torch.ones_like(w)
-        for _ in range(50):  # halve each column's step until its objective does not increase
-            new = objective(w + t * step_w, b + t * step_b)
-            worse = ~(new <= loss + 1e-15 * loss.abs())  # rounding near the optimum is no increase
-            if not bool(worse.any()):
-                break
-            t = torch.where(worse, t / 2, t)
-        w, b, loss = w + t * step_w, b + t * step_b, new
-    return w / scale, b - w * mean / scale
-
-
 def best_neurons(
     train: Tensor,
     y_train: Tensor,
@@ -150,29 +110,27 @@ def best_neurons(
     X = train.double()  # [n, n_layers, d]
     # mean_diff_scores on standardised activations, all layers at once: standardising is affine per
     # neuron, so the difference of the standardised means is the difference of the means over the std.
-    std = X.std(0).clamp_min(1e-12)
-    scores = (X[y_train_t].mean(0) - X[~y_train_t].mean(0)).abs() / std  # [n_layers, d]
+    pos_mean, neg_mean = X[y_train_t].mean(0), X[~y_train_t].mean(0)  # [n_layers, d]
+    scores = (pos_mean - neg_mean).abs() / X.std(0).clamp_min(1e-12)
     chosen = scores.argsort(dim=1, descending=True)[:, :n_candidates]  # [n_layers, n_candidates]
     slots = [slot for slot in range(len(layers)) for _ in range(chosen.shape[1])]
     neurons = chosen.flatten().tolist()
     diffs = scores.gather(1, chosen).flatten().tolist()
-    slot_t, neuron_t = torch.tensor(slots), torch.tensor(neurons)
-    X_train = train[:, slot_t, neuron_t].double()  # [n, n_candidates_total]: one column per probe
-    X_test = test[:, slot_t, neuron_t].double()
-    coef, intercept = _one_neuron_probes(X_train, y_train_t.double(), l2)
-    pred_train, pred_test = X_train * coef + intercept > 0, X_test * coef + intercept > 0
-    higher = X_train[y_train_t].mean(0) >= X_train[~y_train_t].mean(0)
-    rows = [
-        {
-            "layer": layers[slot],
-            "neuron": neuron,
-            "train_f1": binary_metrics(pred_train[:, j], y_train_t)["f1"],
-            **binary_metrics(pred_test[:, j], y_test_t),
-            "mean_diff": diff,
-            "sign": 1 if bool(higher[j]) else -1,
-        }
-        for j, (slot, neuron, diff) in enumerate(zip(slots, neurons, diffs))
-    ]
+    rows = []
+    for slot, neuron, diff in zip(slots, neurons, diffs):
+        # One SparseProbe per candidate: a few ms each, next to minutes of model passes in `lmscope neurons`.
+        x = X[:, slot, [neuron]]
+        probe = SparseProbe(1, l2=l2).fit(x, y_train_t)
+        rows.append(
+            {
+                "layer": layers[slot],
+                "neuron": neuron,
+                "train_f1": probe.f1_score(x, y_train_t),
+                **binary_metrics(probe.predict(test[:, slot, [neuron]]), y_test_t),
+                "mean_diff": diff,
+                "sign": 1 if bool(pos_mean[slot, neuron] >= neg_mean[slot, neuron]) else -1,
+            }
+        )
     rows.sort(key=lambda r: (r["train_f1"], r["mean_diff"]), reverse=True)
     return rows[:top]
 
