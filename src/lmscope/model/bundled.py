@@ -205,24 +205,34 @@ def show_licence_once(model: BundledModel, marker: Path) -> bool:
 
 
 class _Text(HTMLParser):
-    """The visible text of an HTML page, one entry per text node (scripts and styles left out)."""
+    """The visible text of an HTML page, one line per block element (scripts and styles left out); inline
+    elements stay inside their line, so a quoted term in <strong> reads "Gemma Services", not " Gemma "."""
+
+    _BLOCKS = {"p", "div", "li", "h1", "h2", "h3", "h4", "br", "tr", "section", "header", "nav", "title"}
 
     def __init__(self):
         super().__init__()
-        self.chunks: list[str] = []
+        self.raw: list[str] = []
         self._skip = 0
 
     def handle_starttag(self, tag, attrs):
         if tag in ("script", "style"):
             self._skip += 1
+        elif tag in self._BLOCKS:
+            self.raw.append("\n")
 
     def handle_endtag(self, tag):
         if tag in ("script", "style") and self._skip:
             self._skip -= 1
+        elif tag in self._BLOCKS:
+            self.raw.append("\n")
 
     def handle_data(self, data):
-        if not self._skip and data.strip():
-            self.chunks.append(" ".join(data.split()))
+        if not self._skip:
+            self.raw.append(data)
+
+    def lines(self) -> list[str]:
+        return [" ".join(line.split()) for line in "".join(self.raw).split("\n") if line.strip()]
 
 
 def licence_excerpt(path: Path, n_lines: int = 3, width: int = 100) -> list[str]:
@@ -231,7 +241,7 @@ def licence_excerpt(path: Path, n_lines: int = 3, width: int = 100) -> list[str]
     if path.suffix.lower() in (".html", ".htm"):
         parser = _Text()
         parser.feed(raw)
-        chunks = parser.chunks
+        chunks = parser.lines()
         # Skip the site's navigation: the terms start at their date line.
         start = next((i for i, c in enumerate(chunks) if c.startswith("Last modified")), 0)
         text = " ".join(chunks[start : start + 6])
