@@ -38,7 +38,6 @@ COMMANDS = (
     "probe",
     "neurons",
     "toy",
-    "lab",
 )
 
 
