@@ -6,6 +6,7 @@ from .causal.das import DASResult, das
 from .causal.heads import direct_logit_attribution
 from .causal.path import path_patch
 from .causal.sweep import patch_sweep
+from . import steering
 from .data import tasks
 from .data.tasks import ContrastTask
 from .model import (
@@ -37,6 +38,7 @@ __all__ = [
     "path_patch",
     "patch_sweep",
     "tasks",
+    "steering",
     "Ablate",
     "ActivationCache",
     "AddDirection",

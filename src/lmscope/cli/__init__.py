@@ -38,6 +38,7 @@ COMMANDS = (
     "probe",
     "neurons",
     "toy",
+    "steer",
 )
 
 

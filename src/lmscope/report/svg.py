@@ -459,7 +459,8 @@ def line_chart(
     ylabel: str = "",
     log_y: bool = False,
 ) -> Figure:
-    """Named lines with a legend. ``series``: name -> [n] values; ``x``: [n] positions (default 0..n-1).
+    """Named lines with a legend. ``series``: name -> [n] values; ``x``: [n] positions (default 0..n-1), or a
+    dict name -> that series' own positions (e.g. each line over its own x values).
 
     NaN values break a line. Short lines also get a dot with a tooltip per point.
     """
@@ -468,7 +469,8 @@ def line_chart(
     ys = {str(name): _as_array(v, f"series[{name!r}]", ndim=1) for name, v in series.items()}
     xs = {}
     for name, y in ys.items():
-        xs[name] = np.arange(len(y), dtype=float) if x is None else _as_array(x, "x", ndim=1)
+        own = x.get(name) if isinstance(x, dict) else x
+        xs[name] = np.arange(len(y), dtype=float) if own is None else _as_array(own, "x", ndim=1)
         if len(xs[name]) != len(y):
             raise ValueError(
                 f"x has {len(xs[name])} values but series {name!r} has {len(y)}; they must match"
