@@ -6,7 +6,7 @@ from .causal.das import DASResult, das
 from .causal.heads import direct_logit_attribution
 from .causal.path import path_patch
 from .causal.sweep import patch_sweep
-from . import steering
+from . import lab, steering
 from .data import tasks
 from .data.tasks import ContrastTask
 from .model import (
@@ -38,6 +38,7 @@ __all__ = [
     "path_patch",
     "patch_sweep",
     "tasks",
+    "lab",
     "steering",
     "Ablate",
     "ActivationCache",

@@ -39,6 +39,7 @@ COMMANDS = (
     "neurons",
     "toy",
     "steer",
+    "lab",
 )
 
 
