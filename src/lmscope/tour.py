@@ -33,7 +33,7 @@ class TourOptions:
     )
     port: int = field(default=8765, metadata={"help": "the explorer's port (the same default as explore's)"})
     serve: bool = field(default=True, metadata={"help": "stop after the stages instead of serving"})
-    progress: bool = field(default=True, metadata={"help": "progress bars in the long stages"})
+    progress: bool = field(default=True, metadata={"help": "hide the progress bars of the long stages"})
 
 
 def top_predictions(model: Model, logits: torch.Tensor, k: int) -> list[tuple[str, float]]:
@@ -247,7 +247,8 @@ def run_tour(
         report, _ = write_ioi_report(
             model, d / "report.html", n=n(8), n_eval=n(40), progress=progress, log=lambda *a: None
         )
-        write_json(d / "ioi.json", report.to_dict())
+        # what later stages and the finding read: the clean performance and the heads found per role
+        write_json(d / "ioi.json", {"performance": report.performance, "roles": report.roles})
         write_run(d, "patching", "IOI: patching, attribution and path patching", model=name)
 
     timings["ioi"] = _stage(
