@@ -152,5 +152,6 @@ def add_model_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="hub id, local HF folder or .gguf file (default: the bundled SmolLM2-135M-Instruct)",
+        help="a bundled model (`lmscope models`), hub id, local HF folder or .gguf file "
+        "(default: the bundled SmolLM2-135M-Instruct)",
     )
