@@ -243,3 +243,16 @@ def test_unreadable_gguf_is_refused_by_load_before_converting(tmp_path, monkeypa
     with pytest.raises(ValueError, match="cannot read GGUF files of architecture 'rwkv7'"):
         ls.load(path, cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def test_a_near_miss_of_a_bundled_name_is_suggested(monkeypatch, tmp_path):
+    def offline(name, *args):
+        raise OSError(f"{name} is not on the hub (offline)")
+
+    monkeypatch.chdir(tmp_path)  # no local folder of that name
+    monkeypatch.setattr(loading, "_from_folder", offline)
+    with pytest.raises(OSError, match="Did you mean the bundled 'gemma-3-270m'"):
+        ls.load("gemma-3-27m")
+    with pytest.raises(OSError) as err:
+        ls.load("someone/unrelated-model")
+    assert "Did you mean" not in str(err.value) and "lmscope models" in str(err.value)
