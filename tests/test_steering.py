@@ -236,6 +236,15 @@ def test_run_folder_and_report(tiny_llama, tmp_path):
     html = (out / "report.html").read_text()
     assert "Dose-response" in html and "random" in html and "SAE feature 2" in html
     assert "http" not in html.split("<body>")[1]
+    from fastapi.testclient import TestClient
+
+    from lmscope.explorer.app import create_app
+
+    with TestClient(create_app(tmp_path)) as c:  # the explorer lists the run and shows its page
+        assert [r["kind"] for r in c.get("/api/runs").json()] == ["steering"]
+        page, report = c.get("/runs/run"), c.get("/runs/run/report.html")
+        assert page.status_code == 200 and "/runs/run/report.html" in page.text
+        assert "Dose-response" in report.text
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------

@@ -85,14 +85,23 @@ def condition_rows(r) -> list[dict]:
             "KL (off-target)": c["cost_kl"],
             "Δloss (off-target)": c["cost_loss"],
         }
-        row.update({f"KL {lab}": c["kl"][lab] for lab in r.labels})
-        row.update({f"Δloss {lab}": c["loss_delta"][lab] for lab in r.labels})
         for j, rec in enumerate(c["interference"]):
             tag = f"SAE{j}" if len(c["interference"]) > 1 else "SAE"
             row[f"{tag} r(pred, meas)"] = rec["r_decoder"]
             row[f"{tag} off-target Σ|Δf|"] = rec["off_target_l1"]
             if rec["target_delta"] is not None:
                 row[f"{tag} target Δf"] = rec["target_delta"]
+        rows.append(row)
+    return rows
+
+
+def label_rows(r) -> list[dict]:
+    """Per condition, KL and loss change on each label's reference text."""
+    rows = []
+    for c in r.conditions:
+        row = {"condition": c["name"]}
+        row.update({f"KL {lab}": c["kl"][lab] for lab in r.labels})
+        row.update({f"Δloss {lab}": c["loss_delta"][lab] for lab in r.labels})
         rows.append(row)
     return rows
 
@@ -150,7 +159,13 @@ def direction_sections(r) -> list[tuple[str, object]]:
         + ", ".join(f"{lab} {v:.3f}" for lab, v in r.clean["loss"].items())
         + "."
     )
-    sections = [(head, [note, table(condition_rows(r), float_format="{:.4g}")])]
+    per_label = Text("KL (nats) and next-token loss change (nats/token) on each label's reference text:")
+    tables = [
+        table(condition_rows(r), float_format="{:.4g}"),
+        per_label,
+        table(label_rows(r), float_format="{:.4g}"),
+    ]
+    sections = [(head, [note, *tables])]
     losses = {lab: [c["loss_delta"][lab] for c in r.steering] for lab in r.labels}
     if r.steering:
         sections.append(

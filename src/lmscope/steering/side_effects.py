@@ -160,9 +160,9 @@ def _pearson(a: Tensor, b: Tensor) -> float | None:
     return None if den == 0 else float((a @ b) / den)
 
 
-def next_token_stats(clean_logits: Tensor, logits: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
-    """(KL(clean || steered) [b, p-1], loss steered - clean [b, p-1]) over next-token predictions."""
-    clean_lp = clean_logits[:, :-1].float().log_softmax(-1)
+def next_token_stats(clean_lp: Tensor, logits: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """(KL(clean || steered) [b, p-1], loss steered - clean [b, p-1]) over next-token predictions.
+    clean_lp: the unsteered log-probabilities [b, p-1, d_vocab] (float32); logits: steered [b, p, d_vocab]."""
     lp = logits[:, :-1].float().log_softmax(-1)
     kl = (clean_lp.exp() * (clean_lp - lp)).sum(-1)
     target = ids[:, 1:, None].to(lp.device)

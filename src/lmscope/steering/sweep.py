@@ -141,7 +141,7 @@ def sweep(
             f"position {list(tail)}: use a direction found at this site (or one of the same width)"
         )
     real = enc["attention_mask"].bool().clone()
-    real[torch.arange(len(prompts)), real.int().argmax(1)] = False  # each prompt's first token (BOS)
+    real[torch.arange(len(prompts)), real.int().argmax(1)] = False  # first token: BOS or an attention sink
     act_norm = (
         float(_flat(act).float().norm(dim=-1)[real.to(act.device)].mean()) if real.any() else float("nan")
     )
@@ -187,7 +187,7 @@ def sweep(
         for ci, cond in enumerate(conds):
             logits, steered = model.run_with_cache(ids, sites=sae_sites, interventions=[cond.intervention])
             _check_finite(logits, cond, direction, act_norm)
-            kl, loss_delta = next_token_stats(base_logits, logits, ids)
+            kl, loss_delta = next_token_stats(lp, logits, ids)
             kl_sum[ci, li] += float(kl.double().sum())
             loss_sum[ci, li] += float(loss_delta.double().sum())
             for m, k, f in zip(meters, keeps, f_clean):
