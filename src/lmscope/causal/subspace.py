@@ -117,9 +117,24 @@ def _vector_site(model, site: str) -> tuple[int, str]:
     return layer, kind
 
 
-def _subset_kv(kv: DynamicCache, idx: Tensor, stop: int) -> DynamicCache:
-    """A fresh cache with the keys/values of examples idx for positions < stop (a run extends it in place)."""
-    return DynamicCache([(layer.keys[idx, :, :stop], layer.values[idx, :, :stop]) for layer in kv.layers])
+def _prefix_kv(kv: DynamicCache, first: int, stop: int) -> list[tuple[Tensor, Tensor]]:
+    """The keys/values [n, kv_heads, stop, d_head] of layers first.. for positions < stop, copied once."""
+    return [
+        (lay.keys[:, :, :stop].contiguous(), lay.values[:, :, :stop].contiguous())
+        for lay in kv.layers[first:]
+    ]
+
+
+def _step_kv(prefix: list[tuple[Tensor, Tensor]], first: int, idx: Tensor) -> DynamicCache:
+    """A fresh cache holding examples idx of `prefix` at layers first.. (a run extends it in place).
+
+    Layers before `first` are skipped by the run (start_from), so they only have to report the prefix
+    length (HF reads it from layer 0 for positions and the mask): they get [b, kv_heads, stop, 1] zeros
+    (not empty: an empty layer reports length 0) instead of a gathered copy.
+    """
+    keys = prefix[0][0]
+    blank = keys.new_zeros(()).expand(len(idx), keys.shape[1], keys.shape[2], 1)
+    return DynamicCache([(blank, blank)] * first + [(k[idx], v[idx]) for k, v in prefix])
 
 
 def site_problem(
@@ -148,6 +163,8 @@ def site_problem(
         _, source_cache = model.run_with_cache(task.inputs("corrupt"), sites=[site], stop_at=site)
     stop = task.clean.shape[1] - 1  # the prediction position is the last one (prompts are left-padded)
     start = base_cache[resid][:, -1:]  # [n, 1, d_model]
+    prefix = _prefix_kv(kv, layer, stop)  # only what the run needs, sliced once, not per step
+    del kv
     inputs = task.inputs("clean")
 
     def run(h: Tensor, idx: Tensor) -> Tensor:
@@ -157,7 +174,7 @@ def site_problem(
             sites=[],
             interventions=[set_h],
             start_from=(layer, start[idx]),
-            kv_cache=_subset_kv(kv, idx, stop),
+            kv_cache=_step_kv(prefix, layer, idx),
             logits_to_keep=1,
         )
         return logits[:, -1].float()
