@@ -51,6 +51,7 @@ def llama_taps(**changes) -> dict:
         "mlp.pre": (f"{L}.mlp.gate_proj", "out"),
         "mlp.pre_linear": (f"{L}.mlp.up_proj", "out"),
         "mlp.post": (f"{L}.mlp.down_proj", "in"),
+        "mlp.in": (f"{L}.mlp", "in"),
         "mlp.out": (f"{L}.mlp", "out"),
         "final.norm": ("model.norm", "out"),
     }
@@ -90,6 +91,7 @@ FAMILIES = [
             "attn.out": ("transformer.h.{l}.attn", "out"),
             "mlp.pre": ("transformer.h.{l}.mlp.c_fc", "out"),
             "mlp.post": ("transformer.h.{l}.mlp.c_proj", "in"),
+            "mlp.in": ("transformer.h.{l}.mlp", "in"),
             "mlp.out": ("transformer.h.{l}.mlp", "out"),
             "final.norm": ("transformer.ln_f", "out"),
         },
@@ -105,6 +107,7 @@ FAMILIES = [
             "attn.out": ("gpt_neox.layers.{l}.attention", "out"),
             "mlp.pre": ("gpt_neox.layers.{l}.mlp.dense_h_to_4h", "out"),
             "mlp.post": ("gpt_neox.layers.{l}.mlp.dense_4h_to_h", "in"),
+            "mlp.in": ("gpt_neox.layers.{l}.mlp", "in"),
             "mlp.out": ("gpt_neox.layers.{l}.mlp", "out"),
             "final.norm": ("gpt_neox.final_layer_norm", "out"),
         },
@@ -376,6 +379,7 @@ def test_weights_reproduce_every_block_by_hand(family, tokens):
         x2 = _norm(
             model, parts.ln2, w.ln2_w(layer), w.ln2_b(layer), resid_pre if c.parallel_residual else resid_mid
         )
+        check("mlp.in", x2)
         if c.n_experts:
             router_logits = x2 @ w.W_router(layer)
             check("mlp.router_logits", router_logits)

@@ -23,6 +23,7 @@ def test_sites_in_execution_order(tiny):
         "attn.z",
         "attn.out",
         "resid_mid",
+        "mlp.in",
         "mlp.pre",
         *(["mlp.pre_linear"] if c.gated_mlp else []),
         "mlp.post",
@@ -61,7 +62,7 @@ def test_transformerlens_aliases(tiny_llama):
 
 def test_globs(tiny_llama):
     assert tiny_llama.resolve_sites("blocks.*.attn.z") == [f"blocks.{i}.attn.z" for i in range(3)]
-    assert len(tiny_llama.resolve_sites("blocks.1.*")) == 13
+    assert len(tiny_llama.resolve_sites("blocks.1.*")) == 14  # 13 + mlp.in
     assert tiny_llama.resolve_sites(["logits", "embed", "embed"]) == ["embed", "logits"]
 
 

@@ -23,6 +23,7 @@ LAYER_SITES: dict[str, str] = {
     "attn.z": "b p h d",
     "attn.out": "b p d",
     "resid_mid": "b p d",
+    "mlp.in": "b p d",  # the MLP's input: resid_mid after the pre-MLP norm (what the MLP module reads)
     "mlp.pre": "b p d",
     "mlp.pre_linear": "b p d",  # only for gated (GLU) MLPs: the up-projection
     "mlp.post": "b p d",
@@ -52,6 +53,7 @@ _TL_LAYER_ALIASES = {
     "attn.hook_z": "attn.z",
     "hook_attn_out": "attn.out",
     "hook_mlp_out": "mlp.out",
+    "ln2.hook_normalized": "mlp.in",
     "mlp.hook_pre": "mlp.pre",
     "mlp.hook_pre_linear": "mlp.pre_linear",
     "mlp.hook_post": "mlp.post",

@@ -22,6 +22,14 @@ class SAEConfig:
     d_sae: int
     site: str = ""  # the lmscope site it reads, e.g. "blocks.15.resid_post"
     model: str = ""
+    # ---- transcoders: a target different from the input --------------------------------------------------
+    # target_site set = a transcoder: it reads `site` and reconstructs `target_site` (e.g. blocks.3.mlp.in ->
+    # blocks.3.mlp.out). Its training rows are [x | y] of width d_in + d_out; b_dec lives in the output space
+    # and is not subtracted from the input. skip adds a linear map x @ W_skip (Paulo et al. 2025).
+    target_site: str = ""
+    d_out: int | None = None  # the target's width; None = d_in
+    skip: bool = False
+    target_norm_scale: float = 1.0  # set by training (transcoders): E||y||^2 = d_out after scaling
     # ---- training -----------------------------------------------------------------------------------
     batch_size: int = 4096  # tokens per optimizer step, summed over processes
     total_tokens: int = 2_000_000
@@ -57,6 +65,21 @@ class SAEConfig:
         if not 0 <= self.lr_decay_fraction <= 1:
             raise ValueError(f"lr_decay_fraction must lie in [0, 1], got {self.lr_decay_fraction}")
         self.betas = tuple(self.betas)
+        if self.d_out is not None and (not isinstance(self.d_out, int) or self.d_out <= 0):
+            raise ValueError(
+                f"{type(self).__name__}.d_out must be a positive int or None, got {self.d_out!r}"
+            )
+        if self.skip and not self.target_site:
+            raise ValueError("skip=True is for transcoders: give target_site (the site it reconstructs) too")
+
+    @property
+    def is_transcoder(self) -> bool:
+        return bool(self.target_site)
+
+    @property
+    def d_target(self) -> int:
+        """The width of what the SAE reconstructs: d_out for a transcoder, d_in for an autoencoder."""
+        return self.d_out if self.d_out is not None else self.d_in
 
     @property
     def total_steps(self) -> int:

@@ -32,6 +32,7 @@ LOG_FILE = "training_log.json"
 _TL_NAMES = {
     "resid_pre": "hook_resid_pre",
     "resid_mid": "hook_resid_mid",
+    "mlp.in": "ln2.hook_normalized",
     "resid_post": "hook_resid_post",
     "attn.z": "attn.hook_z",
     "attn.out": "hook_attn_out",
@@ -62,6 +63,8 @@ def save_sae(sae: SAE, path: str | os.PathLike, log: list[dict] | None = None) -
     }
     if sae.architecture == "jumprelu":
         tensors["threshold"] = sae.threshold.detach().contiguous()
+    if sae.W_skip is not None:
+        tensors["W_skip"] = sae.W_skip.detach().contiguous()
     record = {
         # what SAELens reads
         "architecture": sae.architecture,
@@ -72,7 +75,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, log: list[dict] | None = None) -
         "model_name": cfg.model,
         "hook_name": hook_name(cfg.site),
         "hook_head_index": None,
-        "apply_b_dec_to_input": True,
+        "apply_b_dec_to_input": not cfg.is_transcoder,
         "normalize_activations": "none",
         "finetuning_scaling_factor": False,
         "context_size": None,
@@ -86,6 +89,10 @@ def save_sae(sae: SAE, path: str | os.PathLike, log: list[dict] | None = None) -
     }
     if isinstance(cfg, TopKConfig):  # BatchTopK too: the mean L0 it was trained for
         record["k"] = cfg.k
+    if cfg.is_transcoder:  # SAELens's transcoder keys
+        record.update(
+            d_out=cfg.d_target, hook_name_out=hook_name(cfg.target_site), target_site=cfg.target_site
+        )
     write_atomic(path / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
     write_json(path / CFG_FILE, record)
     if log is not None:
@@ -141,9 +148,13 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
     missing = sorted({"W_enc", "b_enc", "W_dec", "b_dec"} - set(tensors))
     if missing:
         raise ValueError(f"{weights_path} lacks {', '.join(missing)}")
-    if tuple(tensors["W_dec"].shape) != (cfg.d_sae, cfg.d_in):
+    if tuple(tensors["W_dec"].shape) != (cfg.d_sae, cfg.d_target):
         raise ValueError(
-            f"{weights_path}: W_dec is {tuple(tensors['W_dec'].shape)}, cfg.json says [{cfg.d_sae}, {cfg.d_in}]"
+            f"{weights_path}: W_dec is {tuple(tensors['W_dec'].shape)}, cfg.json says [{cfg.d_sae}, {cfg.d_target}]"
+        )
+    if ("W_skip" in tensors) != bool(cfg.skip):
+        raise ValueError(
+            f"{weights_path}: W_skip {'missing' if cfg.skip else 'present'}, cfg.json says skip={cfg.skip}"
         )
     sae = SAE(cfg, architecture=arch)
     with torch.no_grad():
@@ -151,7 +162,9 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
             getattr(sae, name).copy_(tensors[name].float())
         if "threshold" in tensors:
             sae.threshold.copy_(tensors["threshold"].float())
-        if not record.get("apply_b_dec_to_input", True):
+        if sae.W_skip is not None:
+            sae.W_skip.copy_(tensors["W_skip"].float())
+        if not record.get("apply_b_dec_to_input", True) and not cfg.is_transcoder:
             # f = act(x W_enc + b_enc) == act((x - b_dec) W_enc + b_enc + b_dec W_enc)
             sae.b_enc.add_(sae.b_dec @ sae.W_enc)
     return sae.to(device)

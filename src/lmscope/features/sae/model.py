@@ -4,6 +4,10 @@
     f = sae.encode(x)              # [..., d_in] -> [..., d_sae] (dense)
     x_hat = sae.decode(f)          # [..., d_sae] -> [..., d_in]
 
+A transcoder (cfg.target_site set) is the same module reading one site and writing another: W_dec
+[d_sae, d_out], b_dec [d_out] is not subtracted from the input (pre = x @ W_enc + b_enc), and with cfg.skip
+the output gains x @ W_skip [d_in, d_out].
+
 Inference architectures (SAELens's names): "standard" f = ReLU(pre); "topk" keeps each token's k largest
 of ReLU(pre); "jumprelu" f = pre * (pre > threshold) (what a BatchTopK SAE becomes after training), where
 pre = (x - b_dec) @ W_enc + b_enc.
@@ -144,11 +148,13 @@ class SAE(nn.Module):
             raise ValueError(
                 f"unknown SAE architecture {self.architecture!r}; expected one of {INFERENCE_ARCHITECTURES}"
             )
-        d_in, d_sae = cfg.d_in, cfg.d_sae
+        d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.d_target
         self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_out))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        # the skip connection starts at 0 (Paulo et al.): the features first learn what a linear map cannot
+        self.W_skip = nn.Parameter(torch.zeros(d_in, d_out)) if cfg.skip else None
         # JumpReLU threshold per feature; for a BatchTopK SAE in training, a running estimate
         self.register_buffer("threshold", torch.zeros(d_sae))
         self.init_weights(cfg.seed)
@@ -157,9 +163,13 @@ class SAE(nn.Module):
     def init_weights(self, seed: int = 0) -> None:
         """Unit-norm random decoder rows; the encoder starts as the decoder's transpose (Gao et al.)."""
         gen = torch.Generator().manual_seed(seed)
-        w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=gen)
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_target, generator=gen)
         self.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
-        self.W_enc.copy_(self.W_dec.T)
+        if self.cfg.is_transcoder:  # input and output are different spaces: an encoder of its own
+            e = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=gen)
+            self.W_enc.copy_((e / e.norm(dim=1, keepdim=True)).T)
+        else:
+            self.W_enc.copy_(self.W_dec.T)
         self.b_enc.zero_()
         self.b_dec.zero_()
 
@@ -185,9 +195,11 @@ class SAE(nn.Module):
             )
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        """[..., d_in] -> [..., d_sae]: (x - b_dec) @ W_enc + b_enc."""
+        """[..., d_in] -> [..., d_sae]: (x - b_dec) @ W_enc + b_enc (transcoders: x @ W_enc + b_enc)."""
         self._check(x)
         x = x.to(self.W_enc.dtype)
+        if self.cfg.is_transcoder:
+            return x @ self.W_enc + self.b_enc
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def activation(self, pre: Tensor) -> Tensor:
@@ -216,14 +228,18 @@ class SAE(nn.Module):
         return rows, cols, pre[rows, cols]
 
     def decode(self, f: Tensor) -> Tensor:
-        """Reconstruction [..., d_in] of feature activations f [..., d_sae]."""
+        """Reconstruction [..., d_out] of feature activations f [..., d_sae] (without the skip term)."""
         if f.shape[-1] != self.d_sae:
             raise ValueError(f"decode expects [..., {self.d_sae}] feature activations, got {tuple(f.shape)}")
         return f @ self.W_dec + self.b_dec
 
+    def skip_out(self, x: Tensor) -> Tensor | float:
+        """The skip connection's part of the output, x @ W_skip [..., d_out] (0 without one)."""
+        return 0.0 if self.W_skip is None else x.to(self.W_skip.dtype) @ self.W_skip
+
     def forward(self, x: Tensor) -> Tensor:
-        """The reconstruction x_hat [..., d_in] (in x's dtype)."""
-        return self.decode(self.encode(x)).to(x.dtype)
+        """The reconstruction x_hat [..., d_out] (in x's dtype); for a transcoder, its estimate of the target."""
+        return (self.decode(self.encode(x)) + self.skip_out(x)).to(x.dtype)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -238,11 +254,18 @@ class SAE(nn.Module):
             grad.sub_((grad * w).sum(1, keepdim=True) * w)
 
     @torch.no_grad()
-    def fold_scale(self, scale: float) -> None:
-        """Make an SAE trained on scale * x read x itself: the same features, the reconstruction / scale."""
+    def fold_scale(self, scale: float, target_scale: float | None = None) -> None:
+        """Make an SAE trained on scale * x (and, for a transcoder, target_scale * y) read x itself and
+        write y's units: the same features, the reconstruction / target_scale (default: scale)."""
+        target_scale = scale if target_scale is None else target_scale
         self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
+        self.W_dec.div_(target_scale)
+        self.b_dec.div_(target_scale)
+        if self.W_skip is not None:
+            self.W_skip.mul_(scale / target_scale)
 
     def extra_repr(self) -> str:
-        return f"{self.architecture}, d_in={self.d_in}, d_sae={self.d_sae}, site={self.cfg.site!r}"
+        target = (
+            f", target_site={self.cfg.target_site!r}, skip={self.cfg.skip}" if self.cfg.is_transcoder else ""
+        )
+        return f"{self.architecture}, d_in={self.d_in}, d_sae={self.d_sae}, site={self.cfg.site!r}{target}"

@@ -32,7 +32,7 @@ from .model import SAE, Codes, JumpReLUFn, StepFn, decode_codes, selected_pre
 from .sources import _generator
 
 CHECKPOINT = "checkpoint.pt"
-SET_BY_TRAINING = ("norm_scale", "max_norm")  # config fields that calibration fills in
+SET_BY_TRAINING = ("norm_scale", "max_norm", "target_norm_scale")  # config fields that calibration fills in
 # the standard SAE trains through dense matmuls while more than this fraction of features fire per token
 DENSE_ABOVE = 0.05
 
@@ -67,13 +67,17 @@ class Objective(nn.Module):
 
     def forward(self, x: Tensor, dead: Tensor, l1: float = 0.0, dense: bool = False):
         sae, cfg = self.sae, self.cfg
-        x_c = x - sae.b_dec  # [batch, d_in]; gradients reach b_dec through both ends
+        x, y = split_rows(x, cfg)  # a transcoder's rows are [x | y]; an autoencoder's target is x itself
+        # [batch, d_in]; gradients reach b_dec through both ends (autoencoders only: a transcoder's b_dec
+        # lives in the output space)
+        x_c = x if cfg.is_transcoder else x - sae.b_dec
+        skip = sae.skip_out(x)  # x @ W_skip, or 0
         if isinstance(cfg, JumpReLUConfig):
-            return self._jumprelu(x, x_c, l1, dense)
+            return self._jumprelu(x_c, y, skip, l1, dense)
         stats = {}
         if dense:
             f = F.relu(x_c @ sae.W_enc + sae.b_enc)  # [batch, d_sae]
-            x_hat = f @ sae.W_dec + sae.b_dec
+            x_hat = f @ sae.W_dec + sae.b_dec + skip
             penalty = f.sum(1).mean()
             stats["fired"] = (f > 0).sum(0).float()
             stats["nnz"] = stats["fired"].sum()
@@ -82,25 +86,25 @@ class Objective(nn.Module):
                 pre = x_c @ sae.W_enc + sae.b_enc  # [batch, d_sae], the one dense product
                 rows, cols = self._select(pre, stats)
             vals = F.relu(selected_pre(x_c, sae.W_enc, sae.b_enc, pre, rows, cols))
-            x_hat = decode_codes(Codes.from_pairs(rows, cols, vals, len(x)), sae.W_dec) + sae.b_dec
+            x_hat = decode_codes(Codes.from_pairs(rows, cols, vals, len(x)), sae.W_dec) + sae.b_dec + skip
             penalty = vals.sum() / len(x)
             stats["fired"] = torch.bincount(cols, minlength=cfg.d_sae).float()
             stats["nnz"] = torch.tensor(float(len(cols)))
-        sse = (x_hat - x).pow(2).sum(-1)  # [batch]
+        sse = (x_hat - y).pow(2).sum(-1)  # [batch]
         loss = sse.mean()
         if isinstance(cfg, MatryoshkaConfig):  # every inner prefix of the dictionary reconstructs alone
             for width in cfg.matryoshka_widths[:-1]:
                 inner = cols < width
                 codes = Codes.from_pairs(rows[inner], cols[inner], vals[inner], len(x))
-                loss = loss + (decode_codes(codes, sae.W_dec) + sae.b_dec - x).pow(2).sum(-1).mean()
+                loss = loss + (decode_codes(codes, sae.W_dec) + sae.b_dec + skip - y).pow(2).sum(-1).mean()
         if isinstance(cfg, StandardConfig):
             loss = loss + l1 * penalty
         elif bool(dead.any()):
-            loss = loss + cfg.aux_coefficient * self._aux_loss(x, x_hat, x_c, pre, dead)
+            loss = loss + cfg.aux_coefficient * self._aux_loss(y, x_hat, x_c, pre, dead)
         stats["sse"] = sse.sum().detach()
         return loss, stats
 
-    def _jumprelu(self, x: Tensor, x_c: Tensor, coefficient: float, dense: bool):
+    def _jumprelu(self, x_c: Tensor, y: Tensor, skip, coefficient: float, dense: bool):
         """JumpReLU's loss: squared error + coefficient * sparsity, the thresholds trained through the
         straight-through estimator. The sparse path keeps the pairs with pre > threshold - bandwidth / 2:
         those that fire and those inside the estimator's window (whose gradient is not zero)."""
@@ -110,7 +114,7 @@ class Objective(nn.Module):
             pre = x_c @ sae.W_enc + sae.b_enc  # [batch, d_sae]
             threshold = sae.threshold.expand_as(pre)
             f = JumpReLUFn.apply(pre, threshold, bw)
-            x_hat = f @ sae.W_dec + sae.b_dec
+            x_hat = f @ sae.W_dec + sae.b_dec + skip
             l0 = StepFn.apply(pre, threshold, bw, to_input).sum(1)  # [batch]
             fired = (pre > threshold).sum(0).float()
         else:
@@ -121,11 +125,11 @@ class Objective(nn.Module):
             pre_pairs = selected_pre(x_c, sae.W_enc, sae.b_enc, pre, rows, cols)
             threshold = sae.threshold[cols]  # the gather sends each pair's gradient to its feature
             vals = JumpReLUFn.apply(pre_pairs, threshold, bw)
-            x_hat = decode_codes(Codes.from_pairs(rows, cols, vals, len(x)), sae.W_dec) + sae.b_dec
+            x_hat = decode_codes(Codes.from_pairs(rows, cols, vals, len(y)), sae.W_dec) + sae.b_dec + skip
             steps = StepFn.apply(pre_pairs, threshold, bw, to_input)
-            l0 = torch.zeros(len(x), dtype=steps.dtype, device=x.device).index_add(0, rows, steps)
+            l0 = torch.zeros(len(y), dtype=steps.dtype, device=y.device).index_add(0, rows, steps)
             fired = torch.bincount(cols[firing], minlength=cfg.d_sae).float()
-        sse = (x_hat - x).pow(2).sum(-1)  # [batch]
+        sse = (x_hat - y).pow(2).sum(-1)  # [batch]
         if cfg.jumprelu_sparsity_loss_mode == "quadratic":
             penalty = (2 / cfg.target_l0 * (l0 - cfg.target_l0).pow(2)).mean()
         else:
@@ -168,7 +172,7 @@ class Objective(nn.Module):
         return threshold
 
     def _aux_loss(self, x: Tensor, x_hat: Tensor, x_c: Tensor, pre: Tensor, dead: Tensor) -> Tensor:
-        """AuxK: the top aux_k dead features reconstruct the residual x - x_hat (scaled down when fewer
+        """AuxK: the top aux_k dead features reconstruct the residual x - x_hat (x: the target; scaled down when fewer
         than aux_k features are dead, as in SAELens)."""
         sae, cfg = self.sae, self.cfg
         dead_idx = dead.nonzero().squeeze(1)
@@ -223,18 +227,25 @@ class Trainer:
     def _calibrate(self) -> None:
         """max_norm (outliers), the norm scale (E||x||^2 = d_in after scaling) and b_dec at the geometric
         median, from a sample."""
-        sample = self.source.calibration(self.cfg.calibration_tokens).float()
-        if sample.shape[1] != self.cfg.d_in:
-            raise ValueError(
-                f"the source gives [*, {sample.shape[1]}] activations, cfg.d_in is {self.cfg.d_in}"
+        cfg = self.cfg
+        sample = self.source.calibration(cfg.calibration_tokens).float()
+        width = cfg.d_in + cfg.d_target if cfg.is_transcoder else cfg.d_in
+        if sample.shape[1] != width:
+            what = (
+                f"rows [x | y] of d_in + d_out = {width}" if cfg.is_transcoder else f"cfg.d_in is {cfg.d_in}"
             )
-        if self.cfg.outlier_factor is not None:
-            norms = sample.norm(dim=1)
-            self.cfg.max_norm = float(self.cfg.outlier_factor * norms.median())
-            sample = sample[norms <= self.cfg.max_norm]
-        if self.cfg.normalize_activations:
-            self.cfg.norm_scale = math.sqrt(self.cfg.d_in / float(sample.pow(2).sum(1).mean()))
-        self.sae.b_dec.copy_(geometric_median(sample * self.cfg.norm_scale))
+            raise ValueError(f"the source gives [*, {sample.shape[1]}] activations, {what}")
+        x, y = split_rows(sample, cfg)
+        if cfg.outlier_factor is not None:
+            norms = x.norm(dim=1)
+            cfg.max_norm = float(cfg.outlier_factor * norms.median())
+            x, y = x[norms <= cfg.max_norm], y[norms <= cfg.max_norm]
+        if cfg.normalize_activations:
+            cfg.norm_scale = math.sqrt(cfg.d_in / float(x.pow(2).sum(1).mean()))
+            if cfg.is_transcoder:
+                cfg.target_norm_scale = math.sqrt(cfg.d_target / max(float(y.pow(2).sum(1).mean()), 1e-12))
+        target_scale = cfg.target_norm_scale if cfg.is_transcoder else cfg.norm_scale
+        self.sae.b_dec.copy_(geometric_median(y * target_scale))
 
     def _load(self, path: Path) -> None:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -301,8 +312,8 @@ class Trainer:
         cfg, sae, step = self.cfg, self.sae, self.state.step
         x = x.float()
         if cfg.max_norm is not None:  # massive-activation tokens are left out, like BOS
-            x = x[x.norm(dim=1) <= cfg.max_norm]
-        x = x * cfg.norm_scale
+            x = x[x[:, : cfg.d_in].norm(dim=1) <= cfg.max_norm]
+        x = scale_rows(x, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         dense = (
@@ -359,21 +370,23 @@ class Trainer:
         first = max(0, step - cfg.resample_pool)
         pool = torch.cat([self.source.batch(s).float() for s in range(first, step)])
         if cfg.max_norm is not None:
-            pool = pool[pool.norm(dim=1) <= cfg.max_norm]
-        pool = pool * cfg.norm_scale
-        losses = (sae(pool) - pool).pow(2).sum(-1)
-        pool, losses = D.all_gather_cat(pool), D.all_gather_cat(losses)
+            pool = pool[pool[:, : cfg.d_in].norm(dim=1) <= cfg.max_norm]
+        pool_x, pool_y = split_rows(scale_rows(pool, cfg), cfg)
+        losses = (sae(pool_x) - pool_y).pow(2).sum(-1)
+        pool_x, pool_y, losses = D.all_gather_cat(pool_x), D.all_gather_cat(pool_y), D.all_gather_cat(losses)
+        pool = pool_y  # the decoder takes the direction of the target it failed on
         weights = losses.pow(2).double()
         weights = weights if float(weights.sum()) > 0 else torch.ones_like(weights)
         pick = torch.multinomial(
             weights, len(dead), replacement=len(dead) > len(pool), generator=_generator(cfg.seed, step)
         )
-        directions = pool[pick] / pool[pick].norm(dim=1, keepdim=True).clamp_min(1e-8)  # [n_dead, d_in]
+        directions = pool[pick] / pool[pick].norm(dim=1, keepdim=True).clamp_min(1e-8)  # [n_dead, d_out]
+        enc_dirs = pool_x[pick] / pool_x[pick].norm(dim=1, keepdim=True).clamp_min(1e-8)  # [n_dead, d_in]
         alive = torch.ones(cfg.d_sae, dtype=torch.bool)
         alive[dead] = False
         enc_norm = float(sae.W_enc[:, alive].norm(dim=0).mean()) if bool(alive.any()) else 1.0
         sae.W_dec[dead] = directions
-        sae.W_enc[:, dead] = directions.T * 0.2 * enc_norm
+        sae.W_enc[:, dead] = enc_dirs.T * 0.2 * enc_norm
         sae.b_enc[dead] = 0
         for param, index in ((sae.W_dec, (dead,)), (sae.W_enc, (slice(None), dead)), (sae.b_enc, (dead,))):
             for moment in self.optimizer.state.get(param, {}).values():
@@ -411,8 +424,29 @@ class Trainer:
     def final_sae(self) -> SAE:
         """A copy of the SAE that reads raw activations (the norm scale folded into its weights)."""
         sae = copy.deepcopy(self.sae)
-        sae.fold_scale(self.cfg.norm_scale)
+        cfg = self.cfg
+        sae.fold_scale(cfg.norm_scale, cfg.target_norm_scale if cfg.is_transcoder else None)
         return sae
+
+
+def split_rows(rows: Tensor, cfg: SAEConfig) -> tuple[Tensor, Tensor]:
+    """A batch as (input x [n, d_in], target y): a transcoder's rows are [x | y]; an autoencoder's are x = y."""
+    if not cfg.is_transcoder:
+        return rows, rows
+    if rows.shape[1] != cfg.d_in + cfg.d_target:
+        raise ValueError(
+            f"a transcoder trains on rows [x | y] of width d_in + d_out = {cfg.d_in + cfg.d_target}, "
+            f"got {rows.shape[1]}"
+        )
+    return rows[:, : cfg.d_in], rows[:, cfg.d_in :]
+
+
+def scale_rows(rows: Tensor, cfg: SAEConfig) -> Tensor:
+    """Rows in training units: x * norm_scale (and a transcoder's y * target_norm_scale)."""
+    if not cfg.is_transcoder:
+        return rows * cfg.norm_scale
+    x, y = split_rows(rows, cfg)
+    return torch.cat([x * cfg.norm_scale, y * cfg.target_norm_scale], dim=1)
 
 
 def _adam(sae: SAE, cfg: SAEConfig) -> torch.optim.Adam:

@@ -194,6 +194,7 @@ def layer_specs(
         "attn.z": HookSpec(parts.attn_out_proj, "in", z_read, z_write),
         "attn.out": HookSpec(parts.attn_added, "out"),
         "resid_mid": HookSpec(parts.attn_added, "resid_mid", resid_pre_at=resid_pre_at),
+        "mlp.in": HookSpec(parts.mlp, "in"),
         **(module_mlp_specs(parts) if mlp is None else mlp),
         "mlp.out": HookSpec(parts.mlp_added, "out"),
         "resid_post": HookSpec(parts.block, "out"),
