@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 RUN_FILE = "run.json"
-KINDS = ("sae", "neurons", "probe", "patching", "audit", "das", "lens", "circuits", "toy", "corpus", "store", "lab", "steering")
+KINDS = ("sae", "neurons", "probe", "patching", "audit", "das", "lens", "circuits", "toy", "corpus", "store", "lab", "steering", "graph")
 
 
 class AtomicFile:

@@ -40,6 +40,7 @@ COMMANDS = (
     "toy",
     "steer",
     "lab",
+    "graph",
 )
 
 
