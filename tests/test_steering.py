@@ -139,6 +139,19 @@ def test_interference_prediction_exact_in_a_linear_setting(tiny_llama, where):
         assert row["interference"][0]["r_encoder"] == pytest.approx(1.0, abs=1e-4)
 
 
+def test_relative_scales_add_that_share_of_the_mean_activation_norm(tiny_llama):
+    v = _vector(10)
+    kw = dict(target=Target.next_tokens(["mat"]), ablation=False, **SMALL)
+    rel = sweep(tiny_llama, Direction(v, SITE), None, [0.5], PROMPTS, REF, relative=True, **kw)
+    _, cache = tiny_llama.run_with_cache(PROMPTS, sites=[SITE])
+    mean_norm = cache[SITE][:, 1:].norm(dim=-1).mean()  # no padding; position 0 left out
+    row = rel.conditions[0]
+    assert row["name"] == "size 0.5" and row["relative_size"] == pytest.approx(0.5, rel=1e-5)
+    assert row["scale"] == pytest.approx(float(0.5 * mean_norm / v.norm()), rel=1e-5)
+    nat = sweep(tiny_llama, Direction(v, SITE), None, [row["scale"]], PROMPTS, REF, **kw)
+    assert nat.conditions[0]["effect"] == pytest.approx(row["effect"], abs=1e-6)
+
+
 def test_sae_direction_reports_its_own_feature(tiny_llama):
     sae = _planted_sae()
     res = sweep(tiny_llama, Direction.from_sae(sae, 4), None, [2.0], PROMPTS, REF, saes=[sae], **SMALL)
@@ -301,7 +314,7 @@ def test_cli_steer(tmp_path, capsys):
     (corpus / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
     args = ["steer", "--model", str(folder), "--corpus", str(corpus), "--direction", f"mean_diff:a@{SITE}",
             "--direction", "neuron:blocks.1.mlp.post[3]", "--direction", "probe:a@blocks.1.mlp.post",
-            "--scales", "0,2", "--target-label", "a", "--ctx-len", "12", "--n-contexts", "2",
+            "--scales", "0,0.5", "--target-label", "a", "--ctx-len", "12", "--n-contexts", "2",
             "--max-new-tokens", "2", "--n-generate", "1", "--prompt", "the cat", "--out", str(tmp_path / "r")]  # fmt: skip
     assert main(args) == 0
     assert "wrote" in capsys.readouterr().out

@@ -28,9 +28,7 @@ def run(args) -> None:
     model = load(args.model)
     results, out = run_steer(model, opts, model_name=args.model or "SmolLM2-135M-Instruct")
     for row in summary_rows(results):
-        effect = (
-            "n/a" if row["max effect"] is None else f"{row['max effect']:+.3f} at scale {row['at scale']:g}"
-        )
+        effect = "n/a" if row["max effect"] is None else f"{row['max effect']:+.3f} at {row['at']}"
         kl = "n/a" if row["KL there"] is None else f"{row['KL there']:.3f}"
         print(f"  {row['direction']:40s} max effect {effect}, KL there {kl}")
     print(f"wrote {out / 'report.html'}")

@@ -35,7 +35,7 @@ def summary_rows(results) -> list[dict]:
                 "kind": r.direction["kind"],
                 "site": r.site,
                 "max effect": None if best is None else best["effect"],
-                "at scale": None if best is None else best["scale"],
+                "at": None if best is None else best["name"],
                 "KL there": None if best is None else best["cost_kl"],
                 "best effect / KL": max(ratios, default=None),
                 "ablation effect": None if abl is None else abl["effect"],
@@ -80,6 +80,7 @@ def condition_rows(r) -> list[dict]:
     for c in r.conditions:
         row = {
             "condition": c["name"],
+            "scale": c["scale"],
             "relative size": c["relative_size"],
             "effect": c["effect"],
             "KL (off-target)": c["cost_kl"],
@@ -173,9 +174,9 @@ def direction_sections(r) -> list[tuple[str, object]]:
                 "",
                 line_chart(
                     losses,
-                    x=[c["scale"] for c in r.steering],
+                    x=[c["relative_size"] or 0.0 for c in r.steering],
                     title="Next-token loss change per label",
-                    xlabel="scale",
+                    xlabel="|added vector| / mean |activation|",
                     ylabel="Δloss (nats/token)",
                 ),
             )

@@ -35,7 +35,15 @@ class SteerOptions:
         metadata={"action": "append", "help": "a direction spec (repeat to compare several; see --help)"}
     )
     scales: list[float] = field(
-        default_factory=lambda: [0.0, 2.0, 4.0, 8.0, 16.0], metadata={"sep": ",", "help": "comma-separated"}
+        default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.4],
+        metadata={"sep": ",", "help": "comma-separated; sizes relative to the site unless --natural"},
+    )
+    natural: bool = field(
+        default=False,
+        metadata={
+            "help": "scales in each direction's own units (SAE feature / neuron activation, 1 = the whole mean "
+            "difference, probe logit) instead of |added vector| / mean |activation| at the site"
+        },
     )
     corpus: str | None = field(default=None, metadata={"help": "corpus folder (default: the default corpus)"})
     labels: list[str] | None = field(
@@ -179,6 +187,7 @@ def run_steer(model, opts: SteerOptions, model_name: str = "", progress: bool = 
                 target=target,
                 saes=saes,
                 ablation=opts.ablation,
+                relative=not opts.natural,
                 ctx_len=opts.ctx_len,
                 n_contexts=opts.n_contexts,
                 max_new_tokens=opts.max_new_tokens,

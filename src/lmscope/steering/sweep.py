@@ -45,14 +45,16 @@ def _on_flat(inner: Intervention) -> Hook:
 
 
 def conditions(
-    direction: Direction, site: str, scales: Sequence[float], ablation: bool, tail
+    direction: Direction, site: str, scales: Sequence[float], ablation: bool, tail, names=None
 ) -> list[Condition]:
-    """The interventions of a sweep. tail: the site's shape after [batch, pos]."""
+    """The interventions of a sweep. tail: the site's shape after [batch, pos]; names: one per scale
+    (default "scale S")."""
     wrap = len(tail) > 1
+    names = names or [f"scale {s:g}" for s in scales]
     out = []
-    for s in scales:
+    for s, name in zip(scales, names):
         iv = AddDirection(site, direction=direction.vector, scale=float(s))
-        out.append(Condition(f"scale {s:g}", float(s), _on_flat(iv) if wrap else iv))
+        out.append(Condition(name, float(s), _on_flat(iv) if wrap else iv))
     if ablation:
         iv = ProjectOut(site, directions=direction.ablation_basis)
         out.append(Condition("ablation", None, _on_flat(iv) if wrap else iv))
@@ -99,6 +101,7 @@ def sweep(
     target: Target | None = None,
     saes=(),
     ablation: bool = True,
+    relative: bool = False,
     ctx_len: int = 64,
     n_contexts: int = 8,
     batch_size: int = 8,
@@ -110,7 +113,10 @@ def sweep(
 
     prompts: texts whose next token the target measures and whose first n_generate are continued (greedy,
     max_new_tokens). reference_text: {label: text or texts}, cut into n_contexts contexts of ctx_len tokens
-    per label, for KL and loss changes. saes: SAEs (their cfg.site says where they read) whose features'
+    per label, for KL and loss changes. relative=True reads each scale as a size relative to the site:
+    the added vector's norm over the mean activation norm on the prompts (so 0.1 adds a tenth of a typical
+    activation, whatever the direction's own norm), which puts directions of any origin on one footing.
+    saes: SAEs (their cfg.site says where they read) whose features'
     changes are measured and compared with the decoder-cosine prediction. Returns a SteeringResult.
     """
     if not isinstance(direction, Direction):
@@ -145,7 +151,13 @@ def sweep(
     act_norm = (
         float(_flat(act).float().norm(dim=-1)[real.to(act.device)].mean()) if real.any() else float("nan")
     )
-    conds = conditions(direction, site, scales, ablation, tail)
+    names = None
+    if relative:
+        if not act_norm > 0:
+            raise ValueError(f"relative scales need the activation norm at {site}, which is {act_norm}")
+        names = [f"size {s:g}" for s in scales]
+        scales = [s * act_norm / direction.norm for s in scales]
+    conds = conditions(direction, site, scales, ablation, tail, names)
     measure_ids = wrong_ids = None
     clean_measure = measures = None
     if target is not None and target.kind in ("tokens", "logit_diff"):
@@ -271,6 +283,7 @@ def sweep(
         rec.pop("conditions")
     config = {
         "ctx_len": ctx_len,
+        "relative": relative,
         "n_contexts": {lab: int(ref[lab].shape[0]) for lab in labels},
         "max_new_tokens": max_new_tokens,
         "n_prompts": len(prompts),
