@@ -214,6 +214,32 @@ def test_mean_difference_is_the_hand_mean(tiny_llama):
     assert torch.allclose(d.vector, mean(a) - mean(b), atol=1e-5)
 
 
+def test_label_neuron_and_feature_are_the_hand_argmax(tiny_llama):
+    from lmscope.steering import label_feature, label_neuron
+
+    a = ["the cat sat on the mat", "a cat sat", "the mat and the cat sat"]
+    b = ["the dog ran home", "a dog ran to a home and then", "then the dog ran to the dog"]
+    sae = _planted_sae()
+    sae.b_enc.data.fill_(0.0)  # a real ReLU: per-text means of features differ from features of means
+
+    def per_text(texts, site, fn):
+        rows = []
+        for t in texts:
+            _, cache = tiny_llama.run_with_cache(tiny_llama.to_tokens(t, prepend_bos=True), sites=[site])
+            rows.append(fn(cache[site][0, 1:]).mean(0))
+        return torch.stack(rows)
+
+    def best(pos, neg):
+        return int(((pos.mean(0) - neg.mean(0)) / torch.cat([pos, neg]).std(0)).argmax())
+
+    site = "blocks.1.mlp.post"
+    hand = best(per_text(a, site, lambda x: x), per_text(b, site, lambda x: x))
+    assert label_neuron(tiny_llama, a, b, layer=1) == f"{site}[{hand}]"
+    with torch.no_grad():
+        hand = best(per_text(a, SITE, sae.encode), per_text(b, SITE, sae.encode))
+    assert label_feature(tiny_llama, sae, a, b) == hand
+
+
 def test_probe_direction_moves_the_probe_logit_by_the_scale(tiny_llama):
     texts_a = ["the cat sat on the mat", "the cat sat", "a cat sat on a mat", "the mat and the cat"]
     texts_b = ["a dog ran to home", "the dog ran home", "dog ran to a home and then", "then the dog ran"]
@@ -300,6 +326,7 @@ def test_other_bad_input(tiny_llama):
 
 def test_cli_steer(tmp_path, capsys):
     from lmscope.cli import main
+    from lmscope.features.sae import save_sae
 
     folder = tmp_path / "tiny-llama"
     tiny_hf("llama").save_pretrained(folder)
@@ -312,14 +339,21 @@ def test_cli_steer(tmp_path, capsys):
         for i, split in enumerate(["train", "train", "test"])
     ]
     (corpus / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    save_sae(_planted_sae(), tmp_path / "sae")
     args = ["steer", "--model", str(folder), "--corpus", str(corpus), "--direction", f"mean_diff:a@{SITE}",
             "--direction", "neuron:blocks.1.mlp.post[3]", "--direction", "probe:a@blocks.1.mlp.post",
+            "--direction", "neuron:a@1", "--direction", f"sae:{tmp_path / 'sae'}:a", "--sae", str(tmp_path / "sae"),
             "--scales", "0,0.5", "--target-label", "a", "--ctx-len", "12", "--n-contexts", "2",
             "--max-new-tokens", "2", "--n-generate", "1", "--prompt", "the cat", "--out", str(tmp_path / "r")]  # fmt: skip
     assert main(args) == 0
     assert "wrote" in capsys.readouterr().out
     saved = json.loads((tmp_path / "r" / "steering.json").read_text())
-    assert [r["direction"]["kind"] for r in saved["results"]] == ["mean_difference", "neuron", "probe"]
+    kinds = [r["direction"]["kind"] for r in saved["results"]]
+    assert kinds == ["mean_difference", "neuron", "probe", "neuron", "sae"]
+    assert (
+        saved["results"][4]["interference"][0]["target_feature"]
+        == saved["results"][4]["direction"]["feature"]
+    )
     bad = args[:-1] + [str(tmp_path / "s")]
     bad[bad.index("neuron:blocks.1.mlp.post[3]")] = "neuron:blocks.1.mlp.post[999]"
     assert main(bad) == 2 and "999" in capsys.readouterr().err

@@ -10,6 +10,7 @@ res.to_dict(); save_run([res, other], "runs/steer")  # one page comparing the di
 from .direction import Direction, fit_probe, text_means
 from .report import steering_page
 from .result import SteeringResult, save_run
+from .select import label_feature, label_neuron
 from .sweep import sweep
 from .target import Target
 
@@ -18,6 +19,8 @@ __all__ = [
     "SteeringResult",
     "Target",
     "fit_probe",
+    "label_feature",
+    "label_neuron",
     "save_run",
     "steering_page",
     "sweep",

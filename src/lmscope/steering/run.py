@@ -2,8 +2,11 @@
 
 Direction specs (--direction, repeatable; each becomes one line of the dose-response plot):
     sae:FOLDER:FEATURE          an SAE folder (cfg.json + sae_weights.safetensors) and a feature index
+    sae:FOLDER:LABEL            ... the feature most active on LABEL's train documents against the rest
     das:FOLDER                  a DAS run folder (or its subspace.safetensors)
     neuron:blocks.L.mlp.post[N] a neuron's output weights
+    neuron:LABEL@L              ... of layer L's neuron most active on LABEL's train documents (a context
+                                neuron, e.g. neuron:french@5)
     probe:LABEL@SITE            a sparse probe (k = --probe-k) for LABEL against the other labels, fitted on
                                 the corpus's train documents at SITE
     mean_diff:LABEL@SITE        mean activation of LABEL's train documents minus the other labels' at SITE
@@ -97,31 +100,47 @@ def _docs(by_label: dict, label: str, what: str) -> list[str]:
     return by_label[label]
 
 
+def _contrast(train: dict, label: str, other: str, what: str) -> tuple[list[str], list[str]]:
+    """(LABEL's texts, OTHER's or, without OTHER, every other label's)."""
+    pos = _docs(train, label, what)
+    neg = _docs(train, other, what) if other else [t for lab, ts in train.items() if lab != label for t in ts]
+    if not neg:
+        raise ValueError(f"{what}: the corpus has no other label to contrast {label!r} with")
+    return pos, neg
+
+
 def parse_direction(model, spec: str, train: dict[str, list[str]], opts: SteerOptions):
     """One --direction spec -> a Direction (see the module docstring)."""
+    from ..features.sae import load_sae
     from .direction import Direction, fit_probe
+    from .select import label_feature, label_neuron
 
     kind, _, rest = spec.partition(":")
     if kind == "sae":
         folder, _, feature = rest.rpartition(":")
-        if not folder or not feature.isdigit():
-            raise ValueError(f"{spec!r}: write sae:FOLDER:FEATURE, e.g. sae:runs/sae:123")
-        return Direction.from_sae(folder, int(feature))
+        if not folder or not feature:
+            raise ValueError(f"{spec!r}: write sae:FOLDER:FEATURE or sae:FOLDER:LABEL, e.g. sae:runs/sae:123")
+        if feature.isdigit():
+            return Direction.from_sae(folder, int(feature))
+        sae = load_sae(folder)
+        pos, neg = _contrast(train, feature, "", spec)
+        index = label_feature(model, sae, pos, neg, opts.ctx_len)
+        return Direction.from_sae(sae, index, name=f"SAE feature {index} ({feature})")
     if kind == "das":
         return Direction.from_das(rest)
+    if kind == "neuron" and "@" in rest:
+        label, layer = _at(rest, kind)
+        if not layer.isdigit():
+            raise ValueError(f"{spec!r}: write neuron:LABEL@LAYER, e.g. neuron:french@5")
+        pos, neg = _contrast(train, label, "", spec)
+        name = label_neuron(model, pos, neg, int(layer), opts.ctx_len)
+        return Direction.from_neuron(model, name, name=f"{name} ({label})")
     if kind == "neuron":
         return Direction.from_neuron(model, rest)
     if kind in ("probe", "mean_diff"):
         label, site = _at(rest, kind)
         label, _, other = label.partition("-")
-        pos = _docs(train, label, spec)
-        neg = (
-            _docs(train, other, spec)
-            if other
-            else [t for lab, ts in train.items() if lab != label for t in ts]
-        )
-        if not neg:
-            raise ValueError(f"{spec!r}: the corpus has no other label to contrast {label!r} with")
+        pos, neg = _contrast(train, label, other, spec)
         vs = other or "rest"
         if kind == "mean_diff":
             return Direction.mean_difference(model, pos, neg, site, opts.ctx_len, name=f"mean {label} - {vs}")
@@ -168,8 +187,7 @@ def run_steer(model, opts: SteerOptions, model_name: str = "", progress: bool = 
         target = Target.corpus_label(opts.target_label)
     elif opts.target_probe:
         label, site = _at(opts.target_probe, "--target-probe")
-        pos = _docs(train, label, "--target-probe")
-        neg = [t for lab, ts in train.items() if lab != label for t in ts]
+        pos, neg = _contrast(train, label, "", "--target-probe")
         probe = fit_probe(model, pos, neg, site, k=opts.probe_k, seed=opts.seed)
         target = Target.probe_score(probe, site, name=f"probe {label} at {site}")
     saes = [load_sae(path) for path in opts.sae or []]
