@@ -11,6 +11,7 @@ with earlier positions' keys/values cached once (`site_problem`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,8 +141,11 @@ def train_subspace(
     loss: str = "ce",
     seed: int = 0,
     progress: bool = True,
+    on_step: Callable[[float], None] | None = None,
 ) -> tuple[Tensor, list[float]]:
-    """Learn an orthonormal basis [d, k] on `problem`; -> (basis, mean loss per epoch)."""
+    """Learn an orthonormal basis [d, k] on `problem`; -> (basis, mean loss per epoch).
+
+    on_step(loss) is called after every optimiser step with that step's batch loss (e.g. to plot it)."""
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
     if not 1 <= k <= problem.d:
@@ -173,9 +177,12 @@ def train_subspace(
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
-            total += float(value.detach()) * len(idx)
+            step_loss = float(value.detach())
+            total += step_loss * len(idx)
             bar.update(1)
-            bar.set_postfix(loss=f"{float(value.detach()):.3f}")
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+            if on_step is not None:
+                on_step(step_loss)
         history.append(total / problem.n)
     bar.close()
     with torch.no_grad():
