@@ -250,3 +250,31 @@ def test_best_neurons_match_one_sparse_probes_fitted_one_by_one():
         assert r["mean_diff"] == pytest.approx(abs(gap), rel=1e-9) and r["sign"] == (1 if gap >= 0 else -1)
     keys = [(r["train_f1"], r["mean_diff"]) for r in rows]
     assert keys == sorted(keys, reverse=True)
+
+
+def test_rank_by_ablation_orders_candidates_by_selectivity_by_hand(tiny_llama, dataset):
+    """The first n candidates come out ordered by (loss increase on the feature's label b) - (on a),
+    each recomputed with a plain hook zeroing the neuron; a neuron nothing reads (its output weights
+    zeroed: the decoy a probe can still rank first) has selectivity 0 and drops below a neuron the model
+    uses for the label; the rows after the first n keep their place."""
+    from lmscope.features.neurons import rank_by_ablation
+
+    with torch.no_grad():
+        tiny_llama.hf.model.layers[0].mlp.down_proj.weight[:, 3] = 0.0  # L0 N3 writes nothing
+    units = [(0, 3), (1, 7), (2, 40), (0, 11), (2, 5)]
+    rows = [{"layer": layer, "neuron": neuron, "train_f1": 1.0} for layer, neuron in units]
+    clean, counts = _losses_by_hand(tiny_llama.hf, dataset, None)
+    hand = {}
+    for layer, neuron in units[:4]:
+        ablated, _ = _losses_by_hand(tiny_llama.hf, dataset, {layer: [neuron]})
+        hand[(layer, neuron)] = (ablated["b"] - clean["b"]) - (ablated["a"] - clean["a"])
+    assert hand[(0, 3)] == 0.0 and max(hand.values()) > 1e-4  # some used neuron beats the decoy
+    got = rank_by_ablation(tiny_llama, dataset, rows, ["b"], n_candidates=4, batch_size=2)
+    assert [(r["layer"], r["neuron"]) for r in got[:4]] == sorted(hand, key=hand.get, reverse=True)
+    assert got[0]["selectivity"] > 0 and (got[0]["layer"], got[0]["neuron"]) != (0, 3)
+    for r in got[:4]:
+        assert r["selectivity"] == pytest.approx(hand[(r["layer"], r["neuron"])], abs=1e-5)
+        assert r["train_f1"] == 1.0 and r["in_context"] - r["out_of_context"] == r["selectivity"]
+    assert got[4] == rows[4] and "selectivity" not in got[4] and "selectivity" not in rows[0]
+    with pytest.raises(ValueError, match="not in the dataset"):
+        rank_by_ablation(tiny_llama, dataset, rows, ["french"])

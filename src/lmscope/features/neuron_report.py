@@ -20,7 +20,14 @@ from pathlib import Path
 from ..report import Text, bar_chart, example_html, line_chart, page, render, save_page, table
 from ..runs import read_json, write_json, write_run
 from .documents import cached_document_means, corpus_splits, features_of, targets
-from .neurons import SITE_KIND, ablation_effects, superposition_fingerprint, unit_activations, unit_cards
+from .neurons import (
+    SITE_KIND,
+    ablation_effects,
+    context_split,
+    superposition_fingerprint,
+    unit_activations,
+    unit_cards,
+)
 from .probe_report import CorpusSweepOptions, _layers
 from .sweeps import best_neurons
 
@@ -36,18 +43,6 @@ class NeuronsOptions(CorpusSweepOptions):
         default=None, metadata={"help": "a probe run folder whose activations to reuse"}
     )
     out: str = field(default="neurons_run", metadata={"help": "run folder to write"})
-
-
-def _context_split(effect: dict, in_labels: list[str]) -> dict:
-    """Token-weighted mean loss change on the feature's own labels and on all others."""
-    out = {}
-    for name, keep in (("in_context", True), ("out_of_context", False)):
-        labels = [lab for lab in effect["loss_delta"] if (lab in in_labels) == keep]
-        n = sum(effect["n_tokens"][lab] for lab in labels)
-        out[name] = (
-            sum(effect["loss_delta"][lab] * effect["n_tokens"][lab] for lab in labels) / n if n else None
-        )
-    return out
 
 
 def _first_docs(dataset, per_label: int):
@@ -146,7 +141,7 @@ def run_neurons(
     effects = _cached_ablations(model, ablation_ds, sets, out / "ablations_cache.json", progress)
     for name, effect in effects.items():
         feature = name.split(":")[0] if ":" in name else found_by[tuple(effect["units"][0])]["feature"]
-        effect.update(feature=feature, **_context_split(effect, features[feature]))
+        effect.update(feature=feature, **context_split(effect, features[feature]))
     for card, unit in zip(cards, units):
         card["ablation"] = {"loss_delta": effects[_units([unit])]["loss_delta"]}
 
