@@ -305,21 +305,9 @@ def sweep(
 
 
 def _generate(model, prompt: str, max_new_tokens: int, interventions) -> tuple[str, Tensor, int]:
-    """(new text, all token ids [n], prompt length): model.generate where it exists, else a plain greedy
-    loop (no key/value cache) with the same interventions."""
-    if hasattr(model, "generate"):
-        gen = model.generate(prompt, max_new_tokens, interventions=interventions)
-        return gen.text, gen.tokens, gen.prompt_len
-    ids = model.to_tokens(prompt)  # [1, p]
-    n_prompt = ids.shape[1]
-    eos = model.hf.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    for _ in range(max_new_tokens):
-        nxt = model.run(ids, interventions=interventions)[:, -1].argmax(-1, keepdim=True)
-        ids = torch.cat([ids, nxt.to(ids.device)], 1)
-        if int(nxt) in eos:
-            break
-    return model.to_string(ids[0, n_prompt:]), ids[0].cpu(), n_prompt
+    """(new text, all token ids [n], prompt length) of a greedy continuation (model.generate)."""
+    gen = model.generate(prompt, max_new_tokens, interventions=interventions)
+    return gen.text, gen.tokens, gen.prompt_len
 
 
 def _probe_read(model, target: Target, tokens: Tensor, n_prompt: int) -> float:
