@@ -3,12 +3,14 @@
     python benchmarks/cache_overhead.py [--batch 8] [--seq 32] [--repeats 15]
 
 Runs every variant interleaved in one process (so machine noise hits all alike) and prints the median
-time of each and its ratio to the plain HF forward. Targets (issue 2): no sites <= 1.02x, every site <= 1.10x.
+time of each and its ratio to the plain HF forward, then the same for each group of sites alone (which sites
+cost what), with the 1-minute load average. Targets (issues 2, 17): no sites <= 1.02x, every site <= 1.10x.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -39,11 +41,26 @@ def main() -> None:
 
         return run
 
+    groups = {  # per-layer sites by where they are read, plus the global ones
+        "q, k, v": ["blocks.*.attn.q", "blocks.*.attn.k", "blocks.*.attn.v"],
+        "attn.pattern": ["blocks.*.attn.pattern"],
+        "attn.z": ["blocks.*.attn.z"],
+        "attn.out": ["blocks.*.attn.out"],
+        "resid_mid": ["blocks.*.resid_mid"],
+        "mlp.pre, pre_linear, post": ["blocks.*.mlp.*"],
+        "resid_pre, resid_post": ["blocks.*.resid_pre", "blocks.*.resid_post"],
+        "embed, final.norm, logits": ["embed", "final.norm", "logits"],
+    }
+    groups = {name: model.resolve_sites(globs) for name, globs in groups.items()}
+    groups["mlp.pre, pre_linear, post"] = [
+        s for s in groups["mlp.pre, pre_linear, post"] if not s.endswith("mlp.out")
+    ]
     variants = {
         "plain HF forward": lambda: model.hf(input_ids=tokens, use_cache=False).logits,
         "lmscope model(tokens), no sites": lambda: model(tokens),
         "run_with_cache, resid sites": cached("run_with_cache, resid sites", resid_sites),
         "run_with_cache, every site": cached("run_with_cache, every site", None),
+        **{f"  only {name}": cached(f"  only {name}", sites) for name, sites in groups.items() if sites},
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.no_grad():
@@ -59,10 +76,13 @@ def main() -> None:
     n_sites = {
         "run_with_cache, resid sites": len(model.resolve_sites(resid_sites)),
         "run_with_cache, every site": len(model.sites),
+        **{f"  only {name}": len(sites) for name, sites in groups.items()},
     }
+    load = os.getloadavg()[0]
     print(
         f"{model.cfg.name}: batch {args.batch} x {args.seq} tokens, median of {args.repeats}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads; 1-min load average {load:.2f} on {os.cpu_count()} cores"
+        + ("" if load < 0.5 * (os.cpu_count() or 1) else " (NOT quiet: ratios are noisy)")
     )
     print(f"{'variant':34s} {'sites':>6s} {'median s':>9s} {'ratio':>7s} {'cache MiB':>10s}")
     for name, ts in times.items():

@@ -4,12 +4,14 @@
 
 The naive loop is how TransformerLens's `patching` module works (it took 67 s here for a 360-forward
 resid_pre sweep of one 12-token prompt). Both methods run in this process on the same task; the table
-shows each time, the ratio, and the largest difference between their results. Target (issue 3): >= 10x.
+shows each time, the ratio, and the largest difference between their results. Sweeps: resid_pre x position,
+attn.z x head, and mlp.post x neuron of one (the middle) layer. Target (issues 3, 17): >= 10x each.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -33,12 +35,18 @@ def main() -> None:
         model, [CLEAN] * n, [CORRUPT] * n, [" Mary"] * n, [" John"] * n, name="ioi-1"
     )
     print(
-        f"{model.cfg.name}: {n} x {task.clean.shape[1]}-token IOI prompt pair, {torch.get_num_threads()} threads"
+        f"{model.cfg.name}: {n} x {task.clean.shape[1]}-token IOI prompt pair, {torch.get_num_threads()} threads; "
+        f"1-min load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
     )
     print(
         f"{'sweep':34s} {'patches':>8s} {'naive s':>9s} {'fast s':>8s} {'speed-up':>9s} {'max |diff|':>11s}"
     )
-    for site, per in [("blocks.*.resid_pre", "position"), ("blocks.*.attn.z", "head")]:
+    neuron_site = f"blocks.{model.cfg.n_layers // 2}.mlp.post"  # one MLP layer: d_mlp patches
+    for site, per in [
+        ("blocks.*.resid_pre", "position"),
+        ("blocks.*.attn.z", "head"),
+        (neuron_site, "neuron"),
+    ]:
         timings, results = {}, {}
         for method in ("naive", "fast"):
             start = time.perf_counter()
