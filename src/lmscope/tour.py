@@ -11,7 +11,7 @@ import torch
 
 from .data.tasks import single_token_id as single_token
 from .model import Model, load
-from .model.sites import split_site
+from .model.sites import parse_component, split_site
 from .runs import read_json
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -82,18 +82,17 @@ def sae_site(model: Model) -> str:
     return f"blocks.{model.cfg.n_layers // 2}.resid_post"
 
 
-def name_movers(ioi_result: dict) -> list[tuple[int, int]]:
+def name_movers(model: Model, ioi_result: dict) -> list[tuple[int, int]]:
     """(layer, head) of the name movers the IOI stage found (ioi.json's roles), strongest first."""
-    return [
-        tuple(int(x) for x in r["head"].split(".")) for r in ioi_result["roles"] if r["role"] == "name mover"
-    ]
+    heads = [parse_component(r["head"], model.cfg) for r in ioi_result["roles"] if r["role"] == "name mover"]
+    return [(c.layer, c.index) for c in heads]
 
 
 def das_site_and_readers(model: Model, ioi_result: dict) -> tuple[str, list[str] | None]:
     """Where DAS looks for IOI's name-order signal, and who reads it: the residual stream two layers before
     the earliest name mover (the S-inhibition heads have written there, the movers have not yet read it),
     read by the name movers' queries. Without name movers: two thirds of the way in, no readers."""
-    movers = name_movers(ioi_result)
+    movers = name_movers(model, ioi_result)
     if not movers:
         return f"blocks.{2 * model.cfg.n_layers // 3}.resid_post", None
     layer = max(0, min(layer for layer, _ in movers) - 2)

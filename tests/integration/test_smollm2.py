@@ -111,6 +111,7 @@ def test_cli_on_the_bundled_model(model, cache_dir):
     assert "30, d_model 576" in info.stdout
     sites = _cli("sites", "--filter", "blocks.8.mlp.*", cache_dir=cache_dir)
     assert [line.split()[0] for line in sites.stdout.splitlines()] == [
+        "blocks.8.mlp.in",
         "blocks.8.mlp.pre",
         "blocks.8.mlp.pre_linear",
         "blocks.8.mlp.post",
