@@ -31,8 +31,9 @@ class LayerwiseSource(ModelSource):
     forward (stopping after the last site) feeds every layer. `columns(site)` says where a site's part is."""
 
     def __init__(self, model, dataset, sites: list[str], batch_size: int, **kwargs):
-        self.sites = model.resolve_sites(sites)  # execution order
-        super().__init__(model, dataset, self.sites[-1], batch_size, **kwargs)
+        sites = model.resolve_sites(sites)  # execution order
+        super().__init__(model, dataset, sites[-1], batch_size, **kwargs)
+        self.sites = sites  # one forward, stopping after the last, caches them all
         self.width = model.cfg.d_model  # every site used here (mlp.in, resid_mid, mlp.out) is d_model wide
         self._calibration: tuple[int, Tensor] | None = None
 
@@ -40,20 +41,8 @@ class LayerwiseSource(ModelSource):
         i = self.sites.index(site)
         return slice(i * self.width, (i + 1) * self.width)
 
-    @torch.no_grad()
-    def activations(self, index: Tensor) -> Tensor:
-        rows = []
-        for i in range(0, len(index), self.model_batch):
-            part = index[i : i + self.model_batch]
-            _, cache = self.model.run_with_cache(
-                self.dataset.tokens[part],
-                sites=self.sites,
-                attention_mask=self.dataset.attention_mask[part],
-                stop_at=self.site,
-            )
-            both = torch.cat([cache[s].float() for s in self.sites], dim=-1)  # [b, p, n_sites * d]
-            rows.append(both[self._real(part)])
-        return torch.cat(rows)
+    def _rows(self, cache) -> Tensor:
+        return torch.cat([cache[s].float() for s in self.sites], dim=-1)  # [b, p, n_sites * d]
 
     def calibration(self, n: int) -> Tensor:
         if self._calibration is None or self._calibration[0] != n:  # one forward for every layer's trainer

@@ -133,6 +133,7 @@ class ModelSource:
         skip_bos: bool = True,
     ):
         [self.site] = model.resolve_sites([site])
+        self.sites = [self.site]  # what one forward caches (a subclass may read several sites at once)
         self.model, self.dataset, self.seed = model, dataset, seed
         self.model_batch, self.skip_bos = model_batch, skip_bos
         self.rank, self.world = world()
@@ -177,13 +178,17 @@ class ModelSource:
             part = index[i : i + self.model_batch]
             _, cache = self.model.run_with_cache(
                 self.dataset.tokens[part],
-                sites=[self.site],
+                sites=self.sites,
                 attention_mask=self.dataset.attention_mask[part],
                 stop_at=self.site,
             )
-            act = cache[self.site].float()
-            rows.append(act.reshape(*act.shape[:2], -1)[self._real(part)])
+            rows.append(self._rows(cache)[self._real(part)])
         return torch.cat(rows)
+
+    def _rows(self, cache) -> Tensor:
+        """One forward's activations [b, p, d] (heads flattened into d)."""
+        act = cache[self.site].float()
+        return act.reshape(*act.shape[:2], -1)
 
     def _chunk(self, epoch: int, chunk: int) -> Tensor:
         key = (epoch, chunk)
